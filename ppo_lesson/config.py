@@ -1,0 +1,284 @@
+"""Hyperparameters for every stage, as dataclasses with one line of explanation each.
+
+Two presets: ``lesson`` (what the notebooks and ``make lesson`` use) and ``tiny`` (for tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The toy task "write N as a sum of digits"."""
+
+    min_number: int = 10  # smallest source number N
+    max_number: int = 45  # largest source number N
+    max_terms: int = 8  # longest sum in the supervised data (and the cap on a valid answer)
+
+    def __post_init__(self):
+        _check(self.min_number >= 2, "min_number", "an integer >= 2", self.min_number)
+        _check(
+            self.max_number >= self.min_number,
+            "max_number",
+            f">= min_number ({self.min_number})",
+            self.max_number,
+        )
+        _check(
+            self.max_terms * 9 >= self.max_number,
+            "max_terms",
+            f"at least ceil(max_number / 9) = {-(-self.max_number // 9)} so every N has a valid sum",
+            self.max_terms,
+        )
+
+    @property
+    def max_target_len(self) -> int:
+        """Longest valid target in tokens, EOS included (digits, pluses, EOS)."""
+        return 2 * self.max_terms
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Size of the Seq2Seq Transformer (policy, reference and reward model share it)."""
+
+    d_model: int = 64  # width of every hidden vector
+    n_heads: int = 4  # attention heads; d_model must be divisible by it
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    d_ff: int = 128  # hidden width of the feed-forward blocks
+    dropout: float = 0.0  # 0 keeps PPO's ratio exactly 1 before the first update
+    max_len: int = 64  # longest sequence the positional table covers
+
+    def __post_init__(self):
+        _check(self.d_model > 0, "d_model", "a positive integer", self.d_model)
+        _check(
+            self.n_heads > 0 and self.d_model % self.n_heads == 0,
+            "n_heads",
+            f"a positive divisor of d_model ({self.d_model})",
+            self.n_heads,
+        )
+        _check(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Supervised (teacher-forced) training of the policy on valid but tasteless sums."""
+
+    steps: int = 1600  # optimizer steps
+    batch_size: int = 128  # (source, target) pairs per step
+    lr: float = 5e-3  # peak Adam learning rate
+    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm
+
+    def __post_init__(self):
+        _check(self.steps > 0, "steps", "a positive integer", self.steps)
+        _check(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
+        _check(self.lr > 0, "lr", "a positive float", self.lr)
+        _check(
+            0 <= self.warmup_steps <= self.steps,
+            "warmup_steps",
+            f"an integer in [0, steps={self.steps}]",
+            self.warmup_steps,
+        )
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Bradley-Terry reward model trained on preference pairs labelled by the gold scorer."""
+
+    n_pairs: int = 8000  # preference pairs sampled from the pretrained policy
+    heldout_fraction: float = 0.2  # share of pairs kept for measuring accuracy
+    label_noise: float = 0.0  # probability that a human label is flipped
+    pair_temperature: float = 1.3  # sampling temperature of the answers the human compares: above 1,
+    # the human also sees the rarer wrong sums, so the reward model learns that they are bad
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 1e-4  # small: a larger one overwrites the arithmetic the trunk inherited from the policy
+    init_from_policy: bool = True  # start from the pretrained weights, as RLHF does
+
+    def __post_init__(self):
+        _check(self.n_pairs >= 10, "n_pairs", "an integer >= 10", self.n_pairs)
+        _check(
+            0.0 < self.heldout_fraction < 1.0,
+            "heldout_fraction",
+            "a float in (0, 1)",
+            self.heldout_fraction,
+        )
+        _check(0.0 <= self.label_noise < 0.5, "label_noise", "a float in [0, 0.5)", self.label_noise)
+        _check(self.epochs > 0, "epochs", "a positive integer", self.epochs)
+        _check(self.lr > 0, "lr", "a positive float", self.lr)
+        _check(self.pair_temperature > 0, "pair_temperature", "a positive float", self.pair_temperature)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO with a KL penalty to the frozen reference (the contract in DESIGN.md)."""
+
+    iterations: int = 60  # rollout + update cycles
+    rollout_batch: int = 128  # targets sampled per iteration
+    epochs: int = 4  # K: passes over each rollout
+    minibatches: int = 4  # minibatches per pass
+    lr: float = 3e-5  # Adam learning rate (eps 1e-5)
+    clip_eps: float = 0.2  # epsilon of the clipped surrogate
+    value_clip: float = 0.2  # clip of the value update around the old values
+    vf_coef: float = 0.1  # weight of the value loss
+    ent_coef: float = 0.0  # weight of the entropy bonus
+    gamma: float = 1.0  # discount (1: the episode is one short answer)
+    lam: float = 0.95  # GAE lambda
+    kl_beta: float = 0.2  # initial weight of the per-token KL penalty
+    adaptive_kl: bool = True  # adapt kl_beta towards kl_target
+    kl_target: float = 1.0  # KL to the reference (nats per answer) the controller aims for
+    kl_horizon: int = 2000  # samples over which the controller moves beta by at most 20%
+    target_kl: float | None = 0.1  # early-stop an iteration's epochs when approx_kl exceeds it
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0  # used both when sampling and when re-scoring
+    clip: bool = True  # False gives the unclipped surrogate (for the stability experiment)
+
+    def __post_init__(self):
+        _check(self.iterations >= 0, "iterations", "an integer >= 0", self.iterations)
+        _check(self.rollout_batch > 0, "rollout_batch", "a positive integer", self.rollout_batch)
+        _check(self.epochs > 0, "epochs", "a positive integer", self.epochs)
+        _check(
+            0 < self.minibatches <= self.rollout_batch,
+            "minibatches",
+            f"an integer in [1, rollout_batch={self.rollout_batch}]",
+            self.minibatches,
+        )
+        _check(self.lr > 0, "lr", "a positive float", self.lr)
+        _check(self.clip_eps > 0, "clip_eps", "a positive float", self.clip_eps)
+        _check(self.value_clip > 0, "value_clip", "a positive float", self.value_clip)
+        _check(0.0 <= self.gamma <= 1.0, "gamma", "a float in [0, 1]", self.gamma)
+        _check(0.0 <= self.lam <= 1.0, "lam", "a float in [0, 1]", self.lam)
+        _check(self.kl_beta >= 0, "kl_beta", "a float >= 0", self.kl_beta)
+        _check(self.kl_target > 0, "kl_target", "a positive float", self.kl_target)
+        _check(self.kl_horizon > 0, "kl_horizon", "a positive integer", self.kl_horizon)
+        _check(self.temperature > 0, "temperature", "a positive float", self.temperature)
+        _check(
+            self.target_kl is None or self.target_kl > 0,
+            "target_kl",
+            "None or a positive float",
+            self.target_kl,
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run needs. ``stage_key`` hashes the parts a stage depends on."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(
+            self.model.max_len >= max(self.task.max_target_len + 1, 4),
+            "model.max_len",
+            f">= task.max_target_len + 1 = {self.task.max_target_len + 1}",
+            self.model.max_len,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections) -> Config:
+        """A copy with some sections changed: ``cfg.replace(ppo={"lr": 1e-5}, seed=3)``."""
+        changes = {}
+        for name, value in sections.items():
+            if name == "seed":
+                changes[name] = value
+                continue
+            if name not in {f.name for f in dataclasses.fields(self)}:
+                raise ValueError(f"replace: unknown section {name!r}; expected one of {_SECTIONS}")
+            current = getattr(self, name)
+            changes[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
+        return dataclasses.replace(self, **changes)
+
+    def stage_key(self, stage: str) -> str:
+        """Hash of the settings a stage's result depends on (used to name cached checkpoints)."""
+        parts = {"pretrain": ["task", "model", "pretrain"], "reward": ["task", "model", "pretrain", "reward"]}
+        if stage not in parts:
+            raise ValueError(f"stage_key: stage must be one of {sorted(parts)}, got {stage!r}")
+        payload = {name: dataclasses.asdict(getattr(self, name)) for name in parts[stage]}
+        payload["seed"] = self.seed
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Config:
+        sections = {
+            "task": TaskConfig,
+            "model": ModelConfig,
+            "pretrain": PretrainConfig,
+            "reward": RewardConfig,
+            "ppo": PPOConfig,
+        }
+        kwargs = {name: kind(**data[name]) for name, kind in sections.items() if name in data}
+        if "seed" in data:
+            kwargs["seed"] = data["seed"]
+        return cls(**kwargs)
+
+
+_SECTIONS = ("task", "model", "pretrain", "reward", "ppo", "seed")
+
+
+def _check(ok: bool, name: str, expected: str, got) -> None:
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, got {got!r}")
+
+
+def lesson_config(seed: int = 0) -> Config:
+    """The preset the notebooks and ``make lesson`` share."""
+    return Config(seed=seed)
+
+
+def tiny_config(seed: int = 0) -> Config:
+    """A preset that trains every stage in a few seconds, for tests (results are not meaningful)."""
+    return Config(
+        task=TaskConfig(min_number=10, max_number=20, max_terms=4),
+        model=ModelConfig(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64),
+        pretrain=PretrainConfig(steps=60, batch_size=64, warmup_steps=10),
+        reward=RewardConfig(n_pairs=200, epochs=1, batch_size=64),
+        ppo=PPOConfig(iterations=3, rollout_batch=32, epochs=2, minibatches=2),
+        seed=seed,
+    )
+
+
+PRESETS = {"lesson": lesson_config, "tiny": tiny_config}
+
+
+def get_preset(name: str, seed: int = 0) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return PRESETS[name](seed=seed)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's and PyTorch's generators (call once, up front)."""
+    import random
+
+    import torch
+
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "cpu"):
+    """``"auto"`` picks CUDA when present, else the CPU; ``"cuda"`` without a GPU is an error."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+    return torch.device(device)

@@ -1,0 +1,77 @@
+"""Supervised pretraining by teacher forcing: the policy learns to write valid sums, without taste."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import Config
+from .model import Seq2SeqTransformer, shift_right
+from .task import PAD_ID, supervised_batch
+
+
+class TrainingError(RuntimeError):
+    """Training produced a non-finite loss; carries the step and the last good metrics."""
+
+    def __init__(self, stage: str, step: int, last_good: dict | None):
+        self.step, self.last_good = step, last_good
+        super().__init__(
+            f"{stage}: non-finite loss at step {step}; last good metrics: {last_good}. "
+            "Nothing was saved from this run; try a smaller learning rate."
+        )
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def teacher_forcing_loss(model: Seq2SeqTransformer, src, tgt):
+    """Mean cross-entropy of each target token given the source and the true previous tokens.
+
+    src: (B, S); tgt: (B, T) ending with EOS, right-padded with PAD (padding is not scored)."""
+    logits = model(src, shift_right(tgt))
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=PAD_ID)
+
+
+def pretrain(
+    model: Seq2SeqTransformer,
+    cfg: Config,
+    device="cpu",
+    callback=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``model`` in place; returns a history of {step, loss, lr}.
+
+    ``callback(history)`` is called every 25 steps (a notebook can redraw a live curve)."""
+    pcfg = cfg.pretrain
+    rng = random.Random(cfg.seed)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, pcfg.steps, pcfg.warmup_steps))
+    history: list[dict] = []
+    bar = tqdm(range(pcfg.steps), desc="pretrain", disable=not progress, mininterval=0.5)
+    for step in bar:
+        src, tgt = (t.to(device) for t in supervised_batch(pcfg.batch_size, cfg.task, rng))
+        loss = teacher_forcing_loss(model, src, tgt)
+        if not torch.isfinite(loss):
+            raise TrainingError("pretrain", step, history[-1] if history else None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
+        history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == pcfg.steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if callback is not None:
+                callback(history)
+    model.eval()
+    return history
