@@ -27,7 +27,9 @@ def _seed(text: str) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser, out_default: str) -> None:
-    p.add_argument("--out", default=out_default, help=f"folder for results, created if missing (default: {out_default})")
+    p.add_argument(
+        "--out", default=out_default, help=f"folder for results, created if missing (default: {out_default})"
+    )
     p.add_argument(
         "--device",
         default="cpu",
@@ -117,7 +119,9 @@ def run_command(args) -> dict:
         )
     finally:
         metrics_file.close()
-    after = evaluate_policy(agent.policy, cfg, reference=reference, reward_model=rm, samples_per_number=16, return_scores=True)
+    after = evaluate_policy(
+        agent.policy, cfg, reference=reference, reward_model=rm, samples_per_number=16, return_scores=True
+    )
     seconds_total = time.perf_counter() - start
 
     save_checkpoint(out / "policy_pretrained.pt", policy.state_dict(), cfg, "policy")
@@ -125,7 +129,9 @@ def run_command(args) -> dict:
     save_checkpoint(out / "policy_ppo.pt", agent.policy.state_dict(), cfg, "policy", {"iterations": len(history)})
     if history:
         plots.save_figure(plots.plot_ppo_history(history), "ppo_curves", out)
-    plots.save_figure(plots.plot_gold_before_after(before["gold_scores"], after["gold_scores"]), "gold_before_after", out)
+    plots.save_figure(
+        plots.plot_gold_before_after(before["gold_scores"], after["gold_scores"]), "gold_before_after", out
+    )
     plots.plt.close("all")
 
     summary = {

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -211,6 +210,7 @@ class Seq2SeqTransformer(nn.Module):
         (B, T) of that distribution, and the decoder hidden states (B, T, D) of the states
         (source, prefix) in which each token was chosen."""
         _check_temperature(temperature)
+        check_tokens(tokens, "tokens")
         hidden = self.hidden_states(src, shift_right(tokens))
         logp_all = (self.next_token_logits(hidden) / temperature).log_softmax(-1)
         logprobs = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -300,8 +300,12 @@ def check_tokens(tokens, name: str) -> None:
     if not isinstance(tokens, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of token ids, got {type(tokens).__name__}")
     if tokens.dim() != 2 or tokens.dtype != torch.long:
-        raise ValueError(f"{name}: expected a 2-D (batch, length) long tensor, got shape {tuple(tokens.shape)} {tokens.dtype}")
+        raise ValueError(
+            f"{name}: expected a 2-D (batch, length) long tensor, got shape {tuple(tokens.shape)} {tokens.dtype}"
+        )
     if tokens.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(tokens.shape)}")
     if tokens.min() < 0 or tokens.max() >= VOCAB_SIZE:
-        raise ValueError(f"{name}: expected token ids in [0, {VOCAB_SIZE}), got values in [{int(tokens.min())}, {int(tokens.max())}]")
+        raise ValueError(
+            f"{name}: expected token ids in [0, {VOCAB_SIZE}), got values in [{int(tokens.min())}, {int(tokens.max())}]"
+        )

@@ -75,7 +75,9 @@ def trained_reward_model(
     return rm.eval(), {**result, "from_cache": False, "seconds": seconds}
 
 
-def run_ppo(cfg: Config, policy: Seq2SeqTransformer, reward_model: RewardModel, device="cpu", progress=True, callback=None):
+def run_ppo(
+    cfg: Config, policy: Seq2SeqTransformer, reward_model: RewardModel, device="cpu", progress=True, callback=None
+):
     """Fine-tune a copy of ``policy`` with PPO against ``reward_model``; the original stays the
     frozen reference. Returns (agent, reference, history, seconds)."""
     device = resolve_device(device)

@@ -69,7 +69,9 @@ class PPOMemory:
 def check_mask(mask: torch.Tensor, like: torch.Tensor, name: str = "mask") -> None:
     """Raise unless ``mask`` has ``like``'s (batch, time) shape and holds only 0 and 1."""
     if mask.shape != like.shape or mask.dim() != 2:
-        raise ValueError(f"{name}: expected a (batch, time) tensor of shape {tuple(like.shape)}, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"{name}: expected a (batch, time) tensor of shape {tuple(like.shape)}, got {tuple(mask.shape)}"
+        )
     if not ((mask == 0) | (mask == 1)).all():
         raise ValueError(f"{name}: expected only 0 and 1 (1 on real tokens), got other values")
 
@@ -126,7 +128,7 @@ def clipped_surrogate_loss(logprobs, old_logprobs, advantages, mask, clip_eps: f
     _check_same_shape(mask, old_logprobs=old_logprobs, advantages=advantages)
     if not clip_eps > 0:
         raise ValueError(f"clip_eps: expected a positive float, got {clip_eps}")
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp((logprobs - old_logprobs) * mask)  # masked first: padding never gives inf * 0
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     return masked_mean(torch.max(unclipped, clipped), mask)

@@ -11,13 +11,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import Config, ModelConfig
-from .model import Seq2SeqTransformer, check_tokens, shift_right
+from .model import Seq2SeqTransformer, check_tokens
 from .pretrain import TrainingError
 from .task import BOS_ID, PAD_ID, encode_numbers, preference_pairs, sample_numbers
 
 
 class RewardModel(nn.Module):
-    """Seq2Seq trunk + a scalar head read at the answer's last real token (its EOS).
+    """Seq2Seq trunk + a scalar head on the decoder states around the answer's last token (its EOS).
 
     ``forward`` gives raw scores; ``score`` gives them normalized to mean 0, std 1 on samples of
     the reference policy (set by ``normalize_reward_model``), the scale PPO's KL penalty assumes."""
@@ -25,7 +25,7 @@ class RewardModel(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None):
         super().__init__()
         self.trunk = Seq2SeqTransformer(cfg)
-        self.head = nn.Linear(self.trunk.cfg.d_model, 1)
+        self.head = nn.Linear(2 * self.trunk.cfg.d_model, 1)
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
 
@@ -34,10 +34,13 @@ class RewardModel(nn.Module):
         check_tokens(tokens, "tokens")
         if mask.shape != tokens.shape:
             raise ValueError(f"mask: expected shape {tuple(tokens.shape)} like tokens, got {tuple(mask.shape)}")
-        hidden = self.trunk.hidden_states(src, shift_right(tokens))
-        # the state that chose the last token (EOS): the policy trunk there already tracks the sum
-        last = (mask.long().sum(1) - 1).clamp(min=0)
-        return self.head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1)
+        bos = torch.full_like(tokens[:, :1], BOS_ID)
+        hidden = self.trunk.hidden_states(src, torch.cat([bos, tokens], dim=1))
+        rows, end = torch.arange(len(tokens), device=tokens.device), mask.long().sum(1).clamp(min=1)
+        # two states of [BOS, answer]: the one that chose the last token (in the policy trunk it
+        # already knows whether the sum is complete) and the one that read it (did the answer end?)
+        chose, read = hidden[rows, end - 1], hidden[rows, end]
+        return self.head(torch.cat([chose, read], dim=-1)).squeeze(-1)
 
     def score(self, src, tokens, mask):
         """Normalized scores (B,): (raw - mean) / std over reference samples."""
@@ -64,9 +67,7 @@ def collect_preferences(policy: Seq2SeqTransformer, cfg: Config, device="cpu", b
         a = policy.generate(src, cfg.task.max_target_len, temperature=temperature, generator=gen)
         b = policy.generate(src, cfg.task.max_target_len, temperature=temperature, generator=gen)
         length = max(a.tokens.size(1), b.tokens.size(1))
-        pairs = preference_pairs(
-            src, *_pad_to(a, length), *_pad_to(b, length), cfg.task, cfg.reward.label_noise, rng
-        )
+        pairs = preference_pairs(src, *_pad_to(a, length), *_pad_to(b, length), cfg.task, cfg.reward.label_noise, rng)
         chunks.append(pairs)
         have += len(pairs["src"])
         if have >= cfg.reward.n_pairs:
@@ -140,9 +141,7 @@ def train_reward_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history.append(
-                {"step": len(history), "loss": loss.item(), "accuracy": (r_c > r_r).float().mean().item()}
-            )
+            history.append({"step": len(history), "loss": loss.item(), "accuracy": (r_c > r_r).float().mean().item()})
             bar.update()
             if callback is not None and len(history) % 10 == 0:
                 callback(history)

@@ -92,17 +92,22 @@ def sample_target(n: int, cfg: TaskConfig, rng: random.Random) -> str:
         raise ValueError(f"n: {n} has no sum of at most max_terms={cfg.max_terms} digits")
     k = rng.choice(terms_range)
     digits = [1] * k
+    open_slots = list(range(k))  # terms still below 9, in order; kept up to date, not rebuilt per unit
     for _ in range(n - k):
-        open_slots = [i for i, d in enumerate(digits) if d < 9]
-        digits[rng.choice(open_slots)] += 1
-    return "+".join(str(d) for d in digits)
+        slot = rng.choice(open_slots)
+        digits[slot] += 1
+        if digits[slot] == 9:
+            open_slots.remove(slot)
+    return "+".join(map(str, digits))
 
 
 def supervised_batch(batch_size: int, cfg: TaskConfig, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
     """(src, tgt) token tensors for teacher forcing; tgt ends with EOS and is right-padded."""
     numbers = sample_numbers(batch_size, cfg, rng)
     targets = [encode(sample_target(n, cfg, rng)) for n in numbers]
-    return encode_numbers(numbers), pad_batch(targets)
+    width = max(map(len, targets))  # one tensor from padded lists: pad_batch's row-by-row copy costs more
+    tgt = torch.tensor([t + [PAD_ID] * (width - len(t)) for t in targets], dtype=torch.long)
+    return encode_numbers(numbers), tgt
 
 
 def parse_answer(text: str) -> list[int] | None:

@@ -36,11 +36,14 @@ def seeded():
 
 @pytest.fixture(scope="session")
 def tiny_cfg():
+    """The ``tiny`` preset: every stage trains in about a second."""
     return tiny_config()
 
 
 @pytest.fixture(scope="session")
-def _pretrained(tiny_cfg, isolated_cache):
+def pretrained_run(tiny_cfg, isolated_cache):
+    """(policy, info): the tiny preset's supervised policy, trained once per session (and cached in
+    the temporary cache, which test_checkpoints reuses)."""
     from ppo_lesson.pipeline import pretrained_policy
 
     policy, info = pretrained_policy(tiny_cfg, reuse=False, progress=False)
@@ -48,23 +51,24 @@ def _pretrained(tiny_cfg, isolated_cache):
 
 
 @pytest.fixture(scope="session")
-def _reward(tiny_cfg, _pretrained, isolated_cache):
+def reward_run(tiny_cfg, pretrained_run, isolated_cache):
+    """(reward_model, info): the tiny Bradley-Terry reward model, trained and normalized once."""
     from ppo_lesson.pipeline import trained_reward_model
 
-    rm, info = trained_reward_model(tiny_cfg, _pretrained[0], reuse=False, progress=False)
+    rm, info = trained_reward_model(tiny_cfg, pretrained_run[0], reuse=False, progress=False)
     return rm.eval(), info
 
 
 @pytest.fixture
-def tiny_policy(_pretrained):
+def tiny_policy(pretrained_run):
     """A fresh copy of the session's tiny pretrained policy (tests may change it freely)."""
-    return copy.deepcopy(_pretrained[0]).eval()
+    return copy.deepcopy(pretrained_run[0]).eval()
 
 
 @pytest.fixture
-def tiny_reward_model(_reward):
+def tiny_reward_model(reward_run):
     """A fresh copy of the session's tiny reward model (trained and normalized)."""
-    return copy.deepcopy(_reward[0]).eval()
+    return copy.deepcopy(reward_run[0]).eval()
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_teacher_forced_logits_equal_incremental_cached_decoding(tiny_policy):
     steps = []
     for t in range(tgt_in.size(1)):
         x = model.embed_tokens(tgt_in[:, t : t + 1], offset=t)
-        for layer, kv, cache in zip(model.decoder, memory_kv, caches):
+        for layer, kv, cache in zip(model.decoder, memory_kv, caches, strict=True):
             x = layer(x, kv, src_mask, None, cache)
         steps.append(model.next_token_logits(model.decoder_norm(x[:, -1])))
         assert caches[0]["k"].size(2) == t + 1  # the cache grows by one position per step
@@ -127,7 +127,7 @@ def test_generation_mask_tokens_and_logprobs_after_eos(which, request):
     src = encode_numbers(NUMBERS * 4)
     out = model.generate(src, 8, temperature=1.3, generator=torch.Generator().manual_seed(11))
     n_with_eos = 0
-    for tokens, mask, logprobs in zip(out.tokens.tolist(), out.mask.tolist(), out.logprobs.tolist()):
+    for tokens, mask, logprobs in zip(out.tokens.tolist(), out.mask.tolist(), out.logprobs.tolist(), strict=True):
         end = tokens.index(EOS_ID) + 1 if EOS_ID in tokens else len(tokens)
         n_with_eos += EOS_ID in tokens
         assert mask == [1.0] * end + [0.0] * (len(tokens) - end)
@@ -177,12 +177,6 @@ def test_check_tokens_errors_name_the_argument(random_model, bad, what):
     check_tokens(good, "fine")  # and the good tensor passes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG model.py Seq2SeqTransformer.score_tokens does not validate `tokens`: it only checks "
-    "shift_right(tokens) as 'tgt_in', so an out-of-vocabulary id in the last column raises a bare "
-    "RuntimeError from gather ('index 14 is out of bounds') and other errors name 'tgt_in'",
-)
 def test_score_tokens_rejects_out_of_vocabulary_tokens_naming_tokens(random_model):
     """score_tokens(src, tokens): an id >= VOCAB_SIZE anywhere in ``tokens`` (here the last column)
     must raise a ValueError naming ``tokens``."""

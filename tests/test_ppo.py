@@ -4,6 +4,7 @@ invariant, the KL controller, the rollout buffer and a short end-to-end run."""
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 
@@ -100,9 +101,13 @@ def _surrogate_inputs():
     log_ratio = torch.tensor(
         [[0.5, -0.5, 0.1, -0.1, 0.0, 0.3, 0.0], [-0.4, 0.4, 0.05, 0.25, -0.3, 0.0, 0.0]], dtype=torch.float64
     )
-    adv = torch.tensor([[1.0, 1.0, -2.0, 0.5, 1.5, -1.0, 0.7], [-1.0, -1.0, 0.3, 0.2, 2.0, 0.0, 0.0]], dtype=torch.float64)
+    adv = torch.tensor(
+        [[1.0, 1.0, -2.0, 0.5, 1.5, -1.0, 0.7], [-1.0, -1.0, 0.3, 0.2, 2.0, 0.0, 0.0]], dtype=torch.float64
+    )
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]], dtype=torch.float64)
-    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.2, -0.7, -9.0], [-0.1, -1.1, -2.2, -0.4, -0.9, -5.0, -5.0]], dtype=torch.float64)
+    old = torch.tensor(
+        [[-1.0, -2.0, -0.5, -3.0, -1.2, -0.7, -9.0], [-0.1, -1.1, -2.2, -0.4, -0.9, -5.0, -5.0]], dtype=torch.float64
+    )
     return old + log_ratio, old, adv, mask
 
 
@@ -112,8 +117,8 @@ def test_clipped_surrogate_loss_matches_formula(eps):
     elementwise with Python floats and math.exp."""
     logprobs, old, adv, mask = _surrogate_inputs()
     total, count = 0.0, 0
-    for lp_row, old_row, a_row, m_row in zip(logprobs.tolist(), old.tolist(), adv.tolist(), mask.tolist()):
-        for lp, o, a, m in zip(lp_row, old_row, a_row, m_row):
+    for lp_row, old_row, a_row, m_row in zip(logprobs.tolist(), old.tolist(), adv.tolist(), mask.tolist(), strict=True):
+        for lp, o, a, m in zip(lp_row, old_row, a_row, m_row, strict=True):
             if m:
                 r = math.exp(lp - o)
                 total += max(-a * r, -a * min(max(r, 1 - eps), 1 + eps))
@@ -163,7 +168,9 @@ def test_value_loss_matches_formula():
             v, o, r = values[b, t].item(), old[b, t].item(), ret[b, t].item()
             vc = o + min(max(v - o, -c), c)
             terms.append(max((v - r) ** 2, (vc - r) ** 2))
-    assert_close(value_loss(values, old, ret, mask, c), torch.tensor(0.5 * sum(terms) / len(terms), dtype=torch.float64))
+    assert_close(
+        value_loss(values, old, ret, mask, c), torch.tensor(0.5 * sum(terms) / len(terms), dtype=torch.float64)
+    )
 
 
 # --------------------------------------------------------------- nothing after EOS counts
@@ -227,12 +234,6 @@ def _ppo_loss(agent, data, cfg):
     return pg + cfg.ppo.vf_coef * vf
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ppo.py:129 clipped_surrogate_loss computes ratio = exp(logprobs - old_logprobs) before "
-    "masking: at a masked position whose stored old logprob is log p(PAD) = -1e9 and whose new token "
-    "is not PAD, the ratio is inf, -A*inf = -0*inf = nan, and masked_mean's nan*0 stays nan",
-)
 def test_changing_tokens_after_eos_in_memory_does_not_change_loss(tiny_cfg, tiny_policy, tiny_reward_model):
     """Replacing the PAD tokens after EOS in a stored rollout by digits must leave the PPO loss
     (clipped + value) unchanged: nothing after EOS is part of the episode."""
@@ -354,7 +355,9 @@ def test_collect_rollouts_kl_zero_with_identical_reference(tiny_cfg, tiny_policy
     with torch.no_grad():
         reference.lm_head.bias.add_(torch.randn_like(reference.lm_head.bias))
     src = encode_numbers(sample_numbers(32, tiny_cfg.task, random.Random(0)))
-    _, stats = collect_rollouts(agent, reference, tiny_reward_model, src, tiny_cfg, 0.1, torch.Generator().manual_seed(0))
+    _, stats = collect_rollouts(
+        agent, reference, tiny_reward_model, src, tiny_cfg, 0.1, torch.Generator().manual_seed(0)
+    )
     assert stats["kl"] > 0 and stats["kl_k3"] > 0
 
 
@@ -465,8 +468,19 @@ def test_finetune_ppo_tiny_run_history(tiny_cfg, tiny_policy, tiny_reward_model)
     history = finetune_ppo(
         agent, reference, tiny_reward_model, cfg, progress=False, callback=lambda h: calls.append(len(h))
     )
-    keys = {"proxy_reward", "gold_reward", "valid_fraction", "kl", "kl_k3", "entropy", "approx_kl", "clipfrac",
-            "value_loss", "explained_variance", "kl_beta"}
+    keys = {
+        "proxy_reward",
+        "gold_reward",
+        "valid_fraction",
+        "kl",
+        "kl_k3",
+        "entropy",
+        "approx_kl",
+        "clipfrac",
+        "value_loss",
+        "explained_variance",
+        "kl_beta",
+    }
     assert len(history) == 3 and calls == [1, 2, 3]
     for row in history:
         assert keys <= set(row)
@@ -474,9 +488,9 @@ def test_finetune_ppo_tiny_run_history(tiny_cfg, tiny_policy, tiny_reward_model)
         assert row["kl_k3"] >= 0 and row["approx_kl"] >= 0 and 0 <= row["clipfrac"] <= 1
         assert 0 <= row["valid_fraction"] <= 1
     p = cfg.ppo
-    for prev, row in zip(history, history[1:]):
+    for prev, row in itertools.pairwise(history):
         e = min(max(prev["kl"] / p.kl_target - 1, -0.2), 0.2)
         assert row["kl_beta"] == pytest.approx(prev["kl_beta"] * (1 + e * p.rollout_batch / p.kl_horizon), rel=1e-9)
     assert history[0]["kl"] == 0.0  # the first rollout is sampled before any update
-    assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters(), strict=True))
     assert all(not p.requires_grad for p in reference.parameters())

@@ -19,7 +19,7 @@ def test_bradley_terry_loss_matches_python_formula():
     the log via math.log, including large margins of both signs."""
     rc = [0.3, -1.2, 4.0, 0.0, 10.0, -7.5]
     rr = [0.1, 0.8, -2.0, 0.0, -3.0, 2.5]
-    expected = sum(-math.log(1.0 / (1.0 + math.exp(-(c - r)))) for c, r in zip(rc, rr)) / len(rc)
+    expected = sum(-math.log(1.0 / (1.0 + math.exp(-(c - r)))) for c, r in zip(rc, rr, strict=True)) / len(rc)
     loss = bradley_terry_loss(torch.tensor(rc, dtype=torch.float64), torch.tensor(rr, dtype=torch.float64))
     assert loss.item() == pytest.approx(expected, rel=1e-12)
 
@@ -31,7 +31,7 @@ def test_bradley_terry_gradient_by_hand():
     rr = torch.tensor([0.1, 0.8, -2.0, 1.0], dtype=torch.float64, requires_grad=True)
     bradley_terry_loss(rc, rr).backward()
     n = 4
-    by_hand = [-(1 - 1 / (1 + math.exp(-(c - r)))) / n for c, r in zip(rc.tolist(), rr.tolist())]
+    by_hand = [-(1 - 1 / (1 + math.exp(-(c - r)))) / n for c, r in zip(rc.tolist(), rr.tolist(), strict=True)]
     assert_close(rc.grad, torch.tensor(by_hand, dtype=torch.float64))
     assert_close(rr.grad, -torch.tensor(by_hand, dtype=torch.float64))
 
@@ -69,13 +69,6 @@ def test_score_is_normalized_raw_score(tiny_policy, tiny_reward_model):
     assert rm.score_std.item() != 1.0 or rm.score_mean.item() != 0.0  # the fixture was normalized
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG reward.py:37-40 RewardModel.forward reads hidden_states(src, shift_right(tokens)) at "
-    "index last, whose decoder input is tokens[last-1]: the last real token (EOS) is never fed to "
-    "the trunk, so an answer ending in EOS and the same prefix truncated on another token get "
-    "identical scores (the gold scorer gives -1 to answers with no EOS)",
-)
 def test_score_sees_whether_the_answer_ended(tiny_reward_model):
     """The reward model must be able to tell '9+9' then EOS from the same digits followed by a
     non-EOS last token (a truncated, invalid answer): the two scores must differ."""
@@ -123,7 +116,7 @@ def test_pair_accuracy_matches_hand_count(tiny_policy, tiny_reward_model):
     acc = pair_accuracy(tiny_reward_model, pairs, batch_size=7)
     assert acc == pytest.approx(right / len(numbers))
     swapped = {"src": src, "chosen": pairs["rejected"], "rejected": pairs["chosen"]}
-    ties = sum(torch.equal(x, y) for x, y in zip(pairs["chosen"], pairs["rejected"]))
+    ties = sum(torch.equal(x, y) for x, y in zip(pairs["chosen"], pairs["rejected"], strict=True))
     assert pair_accuracy(tiny_reward_model, swapped, batch_size=7) == pytest.approx(
         1 - acc - ties / len(numbers), abs=1e-9
     )

@@ -167,7 +167,9 @@ def test_preference_pairs_without_noise(tiny_cfg):
     recomputed gold scores of the returned token rows."""
     src, a, b, (ta, ma), (tb, mb) = _fake_pairs(500, 0)
     out = preference_pairs(src, ta, ma, tb, mb, tiny_cfg.task)
-    expected_kept = sum(gold_score(18, x, tiny_cfg.task) != gold_score(18, y, tiny_cfg.task) for x, y in zip(a, b))
+    expected_kept = sum(
+        gold_score(18, x, tiny_cfg.task) != gold_score(18, y, tiny_cfg.task) for x, y in zip(a, b, strict=True)
+    )
     assert len(out["src"]) == len(out["chosen"]) == len(out["rejected"]) == expected_kept
     assert 0 < expected_kept < 500
     assert (out["gold_chosen"] > out["gold_rejected"]).all()

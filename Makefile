@@ -1,0 +1,44 @@
+# Every command a reader needs. Each target creates .venv and installs into it when missing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NB     := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: install lesson lab test notebooks figures experiments bench clean-cache
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU build of torch first, so nothing pulls a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[lab,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lesson: $(STAMP)  ## the whole pipeline from the command line: pretrain, reward model, PPO, before/after table
+	$(PY) -m ppo_lesson run --preset lesson --out runs/lesson
+
+lab: $(STAMP)  ## open the notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab $(ROOT) notebooks/
+
+test: $(STAMP)  ## lint, unit tests, then every notebook under nbval
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval notebooks --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+notebooks: $(STAMP)  ## re-execute every notebook in place (fresh kernel, one by one), then clean its metadata
+	for nb in $(NB); do $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
+	$(PY) tools/clean_notebooks.py $(NB)
+
+figures: notebooks experiments  ## every figure under figures/: the notebooks' and the experiments'
+
+experiments: $(STAMP)  ## PPO's claims measured over seeds (about 15 minutes)
+	$(PY) -m ppo_lesson experiments --out runs/experiments
+
+bench: $(STAMP)  ## speed: KV cache, one PPO iteration split up, each stage of the lesson
+	$(PY) -m ppo_lesson bench --out runs/bench
+
+clean-cache:  ## forget the cached pretrained policy and reward model
+	rm -rf .cache
