@@ -1,0 +1,264 @@
+"""Notebook helpers: show the package's own source, and the ipywidgets explorers.
+
+Sections, in the order the notebooks meet them:
+
+- every notebook: ``show_source`` renders a function or class of ``ppo_lesson`` as highlighted
+  code, so a notebook explains the tested code instead of copying it;
+- 01: ``attention_weights``, ``attention_panels`` and ``attention_explorer``;
+- 04: ``clip_explorer``;
+- 02, 03, 05: ``live_plot`` (a training callback that redraws a curve in place), ``show_table``,
+  ``source_location`` (``ppo_lesson/ppo.py:123`` of a function or of one of its lines),
+  ``next_token_distribution`` and ``sampling_explorer``.
+
+Each explorer returns a widget whose figure is redrawn when a control moves. Executed headless
+(nbconvert, nbval) it draws its first state once and needs nothing else."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import textwrap
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import Markdown, display
+
+from . import plots
+from .model import MultiHeadAttention, Seq2SeqTransformer, shift_right
+from .ppo import clipped_surrogate_loss
+from .task import BOS_ID, EOS, STOI, SYMBOLS, VOCAB, decode, encode, encode_numbers, gold_scores
+
+# ---- every notebook: the package's own source ----------------------------------------------
+
+
+def show_source(obj) -> Markdown:
+    """The source of a ``ppo_lesson`` function, class or method as a highlighted code block.
+
+    Returns an ``IPython.display.Markdown`` object: the last line of a cell displays it."""
+    try:
+        source = textwrap.dedent(inspect.getsource(obj))
+    except (TypeError, OSError) as err:
+        raise TypeError(f"obj: expected a function, class or method defined in a file, got {obj!r}") from err
+    name = f"{obj.__module__}.{obj.__qualname__}"
+    return Markdown(f"`{name}`\n\n```python\n{source.rstrip()}\n```")
+
+
+def _live(draw, controls: dict, columns: int = 4) -> widgets.VBox:
+    """Controls above an Output that shows ``draw(**values)`` (a Figure), redrawn on every change."""
+    out = widgets.Output()
+
+    def refresh(change=None):
+        with out:
+            out.clear_output(wait=True)
+            fig = draw(**{name: control.value for name, control in controls.items()})
+            display(fig)
+            plt.close(fig)
+
+    for control in controls.values():
+        control.observe(refresh, names="value")
+    refresh()
+    boxes = list(controls.values())
+    rows = [widgets.HBox(boxes[i : i + columns]) for i in range(0, len(boxes), columns)]
+    return widgets.VBox([*rows, out])
+
+
+# ---- 01: attention maps ----------------------------------------------------------------------
+
+ATTENTION_KINDS = ("encoder self-attention", "decoder self-attention", "cross-attention")
+
+
+@torch.no_grad()
+def attention_weights(model: Seq2SeqTransformer, src, tgt_in) -> dict[str, list[torch.Tensor]]:
+    """Attention weights of one teacher-forced pass, per kind (``ATTENTION_KINDS``) and layer.
+
+    src: (B, S), tgt_in: (B, T). Encoder self-attention maps are (B, H, S, S), decoder
+    self-attention (B, H, T, T), cross-attention (B, H, T, S). Uses ``MultiHeadAttention.keep_weights``."""
+    modules = {
+        "encoder self-attention": [layer.self_attn for layer in model.encoder],
+        "decoder self-attention": [layer.self_attn for layer in model.decoder],
+        "cross-attention": [layer.cross_attn for layer in model.decoder],
+    }
+    attentions = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    for m in attentions:
+        m.keep_weights = True
+    try:
+        model(src, tgt_in)
+        return {kind: [m.last_weights for m in mods] for kind, mods in modules.items()}
+    finally:
+        for m in attentions:
+            m.keep_weights, m.last_weights = False, None
+
+
+def attention_panels(model: Seq2SeqTransformer, number: int, answer: str, layer: int = 0, kinds=ATTENTION_KINDS):
+    """Panels for ``plots.plot_attention_maps``: the weights (heads, queries, keys) of one
+    (source number, answer) pair at ``layer``, teacher-forced, with token labels."""
+    if not 0 <= layer < min(len(model.encoder), len(model.decoder)):
+        raise ValueError(f"layer: expected an int in [0, {min(len(model.encoder), len(model.decoder))}), got {layer}")
+    src = encode_numbers([number]).to(model.device)
+    tgt_in = shift_right(torch.tensor([encode(answer)], device=model.device))
+    weights = attention_weights(model.eval(), src, tgt_in)
+    src_labels = [VOCAB[i] for i in src[0].tolist()]
+    tgt_labels = [VOCAB[i] for i in tgt_in[0].tolist()]
+    labels = {
+        "encoder self-attention": (src_labels, src_labels),
+        "decoder self-attention": (tgt_labels, tgt_labels),
+        "cross-attention": (tgt_labels, src_labels),
+    }
+    return [(f"{kind} L{layer}", weights[kind][layer][0], *labels[kind]) for kind in kinds]
+
+
+def attention_explorer(model: Seq2SeqTransformer, number: int = 27, answer: str = "9+9+9"):
+    """Type a source number and an answer; pick the attention kind and layer; see every head."""
+    n_layers = min(len(model.encoder), len(model.decoder))
+    controls = {
+        "number": widgets.BoundedIntText(value=number, min=0, max=10**6, description="N"),
+        "answer": widgets.Text(value=answer, description="answer", continuous_update=False),
+        "kind": widgets.Dropdown(options=ATTENTION_KINDS, value="cross-attention", description="attention"),
+        "layer": widgets.IntSlider(value=0, min=0, max=n_layers - 1, description="layer"),
+    }
+
+    def draw(number, answer, kind, layer):
+        try:
+            panels = attention_panels(model, number, answer, layer, kinds=(kind,))
+        except ValueError as err:
+            fig, ax = plt.subplots(figsize=(6, 1))
+            ax.axis("off")
+            ax.text(0, 0.5, f"cannot draw: {err}", color="tab:red", va="center")
+            return fig
+        return plots.plot_attention_maps(panels, title=f"N = {number}, answer {answer!r}")
+
+    return _live(draw, controls, columns=2)
+
+
+# ---- 04: the clipped objective -------------------------------------------------------------
+
+
+def clip_gradient(ratio: float, advantage: float, clip_eps: float) -> float:
+    """d L^CLIP / d r at one token, by autograd through ``ppo.clipped_surrogate_loss``
+    (the loss is -L^CLIP, so the sign is flipped back)."""
+    log_ratio = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss = clipped_surrogate_loss(log_ratio, torch.zeros(1, 1), torch.tensor([[advantage]]), torch.ones(1, 1), clip_eps)
+    loss.backward()
+    return -log_ratio.grad.item() / ratio + 0.0  # d/dr = d/dlog r * dlog r/dr; + 0.0 turns -0.0 into 0.0
+
+
+def clip_explorer(clip_eps: float = 0.2, advantage: float = 1.0, ratio: float = 1.3):
+    """Sliders for clip_eps, the advantage A and a ratio r: L^CLIP against r, with the gradient at r."""
+    controls = {
+        "clip_eps": widgets.FloatSlider(value=clip_eps, min=0.05, max=0.5, step=0.01, description="clip_eps"),
+        "advantage": widgets.FloatSlider(value=advantage, min=-2.0, max=2.0, step=0.1, description="advantage A"),
+        "ratio": widgets.FloatSlider(value=ratio, min=0.05, max=1.95, step=0.05, description="ratio r"),
+    }
+
+    def draw(clip_eps, advantage, ratio):
+        fig = plots.plot_clip_objective(clip_eps, advantages=(advantage,))
+        ax = fig.axes[0]
+        value = min(ratio * advantage, min(max(ratio, 1 - clip_eps), 1 + clip_eps) * advantage)
+        grad = clip_gradient(ratio, advantage, clip_eps)
+        ax.plot([ratio], [value], "D", color="black", ms=8, label=f"r = {ratio:.3g}: dL/dr = {grad:.3g}")
+        ax.legend(fontsize=8, loc="lower left" if advantage < 0 else "upper left")
+        return fig
+
+    return _live(draw, controls, columns=3)
+
+
+# ---- 02, 03, 05: live training curves, tables, source lines, the sampling explorer -------------
+
+
+def live_plot(plot_fn, every: int = 1, **kwargs):
+    """A training callback (``callback=`` of the trainers) that redraws ``plot_fn(history, **kwargs)``
+    in place in the cell's output: on the first call, then every ``every`` calls."""
+    state = {"calls": 0, "handle": None}
+
+    def callback(history):
+        state["calls"] += 1
+        if (state["calls"] - 1) % every:
+            return
+        fig = plot_fn(history, **kwargs)
+        if state["handle"] is None:
+            state["handle"] = display(fig, display_id=True)
+        else:
+            state["handle"].update(fig)
+        plt.close(fig)  # shown by the display handle only, not again when the cell ends
+
+    return callback
+
+
+def show_table(rows: list[dict], floatfmt: str = ".3g") -> None:
+    """Display rows (dicts with the same keys) as a Markdown table; floats are written with ``floatfmt``."""
+    if not rows:
+        raise ValueError("rows: expected at least one row, got an empty list")
+    columns = list(rows[0])
+
+    def cell(value):
+        return format(value, floatfmt) if isinstance(value, float) else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    display(Markdown("\n".join(lines)))
+
+
+def source_location(obj, contains: str | None = None) -> str:
+    """Where a function or class of the package is defined, as ``ppo_lesson/ppo.py:123`` (its
+    ``def`` or ``class`` line); with ``contains``, the first line of its source holding that text
+    (a ValueError if none does)."""
+    obj = inspect.unwrap(obj)  # a decorated function (``torch.no_grad``) lives where it is written
+    lines, start = inspect.getsourcelines(obj)
+    if contains is None:
+        found = (i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "class ", "async def ")))
+    else:
+        found = (i for i, line in enumerate(lines) if contains in line)
+    offset = next(found, None)
+    if offset is None:
+        raise ValueError(f"contains: {contains!r} does not occur in the source of {obj.__qualname__}")
+    folder, file = inspect.getsourcefile(obj).replace("\\", "/").split("/")[-2:]
+    return f"{folder}/{file}:{start + offset}"
+
+
+@torch.no_grad()
+def next_token_distribution(
+    policy: Seq2SeqTransformer, number: int, prefix: str = "", temperature: float = 1.0, top_k: int = 0
+) -> dict[str, float]:
+    """{token: probability} of the policy's next token for the source ``number`` after the answer
+    ``prefix``, with temperature and top-k applied as ``Seq2SeqTransformer.generate`` applies them."""
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected a positive float, got {temperature}")
+    src = encode_numbers([number]).to(policy.device)
+    tgt_in = torch.tensor([[BOS_ID, *encode(prefix, add_eos=False)]], device=policy.device)
+    logits = policy.eval()(src, tgt_in)[0, -1] / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    return {("EOS" if token == EOS else token): probs[STOI[token]].item() for token in (EOS, *SYMBOLS)}
+
+
+def sampling_explorer(policy: Seq2SeqTransformer, cfg, n_samples: int = 10):
+    """Sliders for the source N, the temperature and top-k, and a prefix box: the policy's
+    next-token distribution after the prefix, and ``n_samples`` answers sampled with those settings
+    (a fixed seed, so only the settings change them) with their gold scores."""
+    controls = {
+        "number": widgets.IntSlider(value=27, min=cfg.task.min_number, max=cfg.task.max_number, description="N"),
+        "temperature": widgets.FloatSlider(value=1.0, min=0.1, max=3.0, step=0.1, description="temperature"),
+        "top_k": widgets.IntSlider(value=0, min=0, max=len(SYMBOLS) + 1, description="top_k (0: off)"),
+        "prefix": widgets.Text(value="", description="prefix", placeholder="e.g. 9+9+", continuous_update=False),
+    }
+
+    def draw(number, temperature, top_k, prefix):
+        try:
+            probs = next_token_distribution(policy, number, prefix, temperature, top_k)
+        except ValueError as err:
+            fig, ax = plt.subplots(figsize=(6, 1))
+            ax.axis("off")
+            ax.text(0, 0.5, f"cannot draw: {err}", color="tab:red", va="center")
+            return fig
+        src = encode_numbers([number] * n_samples).to(policy.device)
+        gen = torch.Generator(device=policy.device).manual_seed(0)
+        out = policy.generate(src, cfg.task.max_target_len, temperature=temperature, top_k=top_k, generator=gen)
+        gold = gold_scores(src.cpu(), out.tokens.cpu(), out.mask.cpu(), cfg.task).tolist()
+        samples = ["sampled answers (gold):"] + [f"{decode(t):<16} {g:+.3g}" for t, g in zip(out.tokens.cpu(), gold)]
+        title = f"N = {number}, prefix {prefix!r}: next token at temperature {temperature:g}, top_k {top_k}"
+        return plots.plot_next_token_distributions({"p": list(probs.values())}, list(probs), title, samples)
+
+    return _live(draw, controls, columns=2)
