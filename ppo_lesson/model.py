@@ -278,11 +278,16 @@ def shift_right(tokens):
     return torch.cat([bos, tokens[:, :-1]], dim=1)
 
 
+def top_k_filter(logits, top_k: int):
+    """Keep the ``top_k`` largest logits along the last axis (0 keeps all); the rest become -inf."""
+    if top_k <= 0:
+        return logits
+    kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
 def _pick(logits, top_k, greedy, generator):
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    logp = logits.log_softmax(-1)
+    logp = top_k_filter(logits, top_k).log_softmax(-1)
     if greedy:
         token = logp.argmax(-1)
     else:

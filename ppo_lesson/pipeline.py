@@ -24,26 +24,26 @@ from .reward import (
 def pretrained_policy(cfg: Config, device="cpu", reuse: bool = True, progress: bool = True, callback=None):
     """The supervised policy: from the cache when ``reuse`` and present, else trained and cached.
 
-    Returns (policy, info) with info = {from_cache, seconds, history, metrics}."""
+    Returns (policy, info) with info = {from_cache, seconds, history, metrics}. The global random
+    state afterwards is the same either way, so what follows does not depend on the cache."""
     device = resolve_device(device)
     path = stage_path(cfg, "pretrain")
-    if reuse and path.exists():
-        try:
-            payload = load_checkpoint(path, "policy", cfg, sections=("task", "model", "pretrain"))
-            policy = Seq2SeqTransformer(cfg.model)
-            policy.load_state_dict(payload["state_dict"])
-            return policy.to(device).eval(), {**payload["extra"], "from_cache": True, "seconds": 0.0}
-        except CheckpointError as err:
-            print(f"cache: ignoring {path.name} ({err}); training again")
+    payload = _load_stage(path, "policy", cfg, ("task", "model", "pretrain")) if reuse else None
+    if payload is not None:
+        policy = Seq2SeqTransformer(cfg.model)
+        policy.load_state_dict(payload["state_dict"])
+        policy, info = policy.to(device), {**payload["extra"], "from_cache": True, "seconds": 0.0}
+    else:
+        set_seed(cfg.seed)
+        start = time.perf_counter()
+        policy = Seq2SeqTransformer(cfg.model).to(device)
+        history = pretrain(policy, cfg, device=device, callback=callback, progress=progress)
+        seconds = time.perf_counter() - start
+        extra = {"history": history, "metrics": evaluate_policy(policy, cfg), "train_seconds": seconds}
+        save_checkpoint(path, policy.state_dict(), cfg, "policy", extra)
+        info = {**extra, "from_cache": False, "seconds": seconds}
     set_seed(cfg.seed)
-    start = time.perf_counter()
-    policy = Seq2SeqTransformer(cfg.model).to(device)
-    history = pretrain(policy, cfg, device=device, callback=callback, progress=progress)
-    seconds = time.perf_counter() - start
-    metrics = evaluate_policy(policy, cfg)
-    info = {"history": history, "metrics": metrics, "train_seconds": seconds}
-    save_checkpoint(path, policy.state_dict(), cfg, "policy", info)
-    return policy.eval(), {**info, "from_cache": False, "seconds": seconds}
+    return policy.eval(), info
 
 
 def trained_reward_model(
@@ -51,28 +51,39 @@ def trained_reward_model(
 ):
     """The Bradley-Terry reward model on pairs sampled from ``policy``, normalized on its samples.
 
-    Returns (reward_model, info) with info = {from_cache, seconds, history, heldout_accuracy, ...}."""
+    Returns (reward_model, info) with info = {from_cache, seconds, history, heldout_accuracy, ...};
+    like ``pretrained_policy``, it leaves the same random state whether cached or trained."""
     device = resolve_device(device)
     path = stage_path(cfg, "reward")
-    if reuse and path.exists():
-        try:
-            payload = load_checkpoint(path, "reward_model", cfg, sections=("task", "model", "pretrain", "reward"))
-            rm = RewardModel(cfg.model)
-            rm.load_state_dict(payload["state_dict"])
-            return rm.to(device).eval(), {**payload["extra"], "from_cache": True, "seconds": 0.0}
-        except CheckpointError as err:
-            print(f"cache: ignoring {path.name} ({err}); training again")
+    payload = _load_stage(path, "reward_model", cfg, ("task", "model", "pretrain", "reward")) if reuse else None
+    if payload is not None:
+        rm = RewardModel(cfg.model)
+        rm.load_state_dict(payload["state_dict"])
+        rm, info = rm.to(device), {**payload["extra"], "from_cache": True, "seconds": 0.0}
+    else:
+        set_seed(cfg.seed + 1)
+        start = time.perf_counter()
+        pairs = collect_preferences(policy, cfg, device=device)
+        rm = reward_model_from_policy(policy) if cfg.reward.init_from_policy else RewardModel(cfg.model).to(device)
+        result = train_reward_model(rm, pairs, cfg, device=device, callback=callback, progress=progress)
+        result["normalization"] = normalize_reward_model(rm, policy, cfg, device=device)
+        result["n_pairs"] = len(pairs["src"])
+        result["train_seconds"] = time.perf_counter() - start
+        save_checkpoint(path, rm.state_dict(), cfg, "reward_model", result)
+        info = {**result, "from_cache": False, "seconds": result["train_seconds"]}
     set_seed(cfg.seed + 1)
-    start = time.perf_counter()
-    pairs = collect_preferences(policy, cfg, device=device)
-    rm = reward_model_from_policy(policy) if cfg.reward.init_from_policy else RewardModel(cfg.model).to(device)
-    result = train_reward_model(rm, pairs, cfg, device=device, callback=callback, progress=progress)
-    result["normalization"] = normalize_reward_model(rm, policy, cfg, device=device)
-    result["n_pairs"] = len(pairs["src"])
-    seconds = time.perf_counter() - start
-    result["train_seconds"] = seconds
-    save_checkpoint(path, rm.state_dict(), cfg, "reward_model", result)
-    return rm.eval(), {**result, "from_cache": False, "seconds": seconds}
+    return rm.eval(), info
+
+
+def _load_stage(path, kind: str, cfg: Config, sections) -> dict | None:
+    """A cached stage's checkpoint, or None when there is none or it does not fit (then say why)."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path, kind, cfg, sections=sections)
+    except CheckpointError as err:
+        print(f"cache: ignoring {path.name} ({err}); training again")
+        return None
 
 
 def run_ppo(

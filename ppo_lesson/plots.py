@@ -91,13 +91,25 @@ def _by_label(runs: list[dict]) -> dict:
     return groups
 
 
-def plot_sample_efficiency(curves: dict, lr_search: dict, gold_level: float, n_seeds: int, smooth: int = 5):
+def plot_sample_efficiency(
+    curves: dict,
+    lr_search: dict,
+    gold_level: float,
+    n_seeds: int,
+    samples_to_level: dict | None = None,
+    budget: int | None = None,
+    smooth: int = 5,
+):
     """Left: on-policy gold reward against sampled answers, one faint line per seed and their mean,
-    for each method at its best learning rate. Right: the learning-rate search, final gold reward on
-    the evaluation set per seed (dots) and its mean (line).
+    for each method at its best learning rate. Middle: the learning-rate search, final gold reward
+    on the evaluation set per seed (dots) and its mean (line). Right (when ``samples_to_level`` is
+    given): sampled answers until the gold level is reached, per seed and learning rate.
 
-    curves: {method: {seed: (samples, gold)}}; lr_search: {method: {lr: [final gold per seed]}}."""
-    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(12.5, 4.3), constrained_layout=True)
+    curves: {method: {seed: (samples, gold)}}; lr_search: {method: {lr: [final gold per seed]}};
+    samples_to_level: {method: {lr: [samples or None (never) per seed]}}; budget: samples per run."""
+    n_panels = 3 if samples_to_level else 2
+    fig, axes = plt.subplots(1, n_panels, figsize=(6.2 * n_panels, 4.3), constrained_layout=True)
+    ax, ax_lr = axes[0], axes[1]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for color, (method, per_seed) in zip(colors, curves.items()):
         smoothed = {seed: _smooth(gold, smooth) for seed, (_, gold) in per_seed.items()}
@@ -105,11 +117,11 @@ def plot_sample_efficiency(curves: dict, lr_search: dict, gold_level: float, n_s
         for gold in smoothed.values():
             ax.plot(samples, gold, color=color, alpha=0.3, lw=1)
         mean = [sum(vals) / len(vals) for vals in zip(*smoothed.values())]
-        ax.plot(samples, mean, color=color, lw=2.2, label=f"{method}, mean of {len(per_seed)} seeds")
+        ax.plot(samples, mean, color=color, lw=2.2, label=f"{method}, mean of {len(per_seed)} seed(s)")
     ax.axhline(gold_level, color="black", ls="--", lw=1, label=f"gold level {gold_level:g}")
     ax.set_xlabel("sampled answers (rollouts)")
     ax.set_ylabel(f"gold reward ({smooth}-iteration mean, on-policy)")
-    ax.set_title("Gold reward per sampled answer, best learning rate of each")
+    ax.set_title("Gold per sampled answer, best lr of each")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     for color, (method, search) in zip(colors, lr_search.items()):
@@ -120,9 +132,30 @@ def plot_sample_efficiency(curves: dict, lr_search: dict, gold_level: float, n_s
     ax_lr.set_xscale("log")
     ax_lr.set_xlabel("learning rate (log scale)")
     ax_lr.set_ylabel("final gold reward (evaluation set)")
-    ax_lr.set_title(f"Equal learning-rate search ({n_seeds} seed(s) each; dots: seeds)")
+    ax_lr.set_title(f"Learning-rate search: final gold ({n_seeds} seed(s); dots: seeds)")
     ax_lr.legend(fontsize=8)
     ax_lr.grid(alpha=0.3)
+    if samples_to_level:
+        ax_s = axes[2]
+        never = budget * 1.08 if budget else None
+        for color, (method, search) in zip(colors, samples_to_level.items()):
+            lrs, means = sorted(search), []
+            for lr in lrs:
+                reached = [x for x in search[lr] if x is not None]
+                missed = len(search[lr]) - len(reached)
+                ax_s.scatter([lr] * len(reached), reached, color=color, alpha=0.45, s=18)
+                if never and missed:
+                    ax_s.scatter([lr] * missed, [never] * missed, color=color, marker="x", s=30)
+                means.append(sum(reached) / len(reached) if reached else float("nan"))
+            ax_s.plot(lrs, means, "o-", color=color, label=f"{method} (mean of seeds that reached it)")
+        if never:
+            ax_s.axhline(budget, color="gray", lw=1, ls=":", label=f"budget ({budget} answers); x: never")
+        ax_s.set_xscale("log")
+        ax_s.set_xlabel("learning rate (log scale)")
+        ax_s.set_ylabel(f"sampled answers to reach gold {gold_level:g}")
+        ax_s.set_title(f"Samples to reach gold {gold_level:g} ({smooth}-iteration mean)")
+        ax_s.legend(fontsize=8)
+        ax_s.grid(alpha=0.3)
     return fig
 
 

@@ -232,6 +232,7 @@ def collect_rollouts(
         mask=mask,
         old_logprobs=old_logprobs,
         old_values=old_values,
+        rewards=rewards,
         advantages=whiten(advantages, mask),
         returns=returns,
     )

@@ -25,7 +25,7 @@ import torch
 from IPython.display import Markdown, display
 
 from . import plots
-from .model import MultiHeadAttention, Seq2SeqTransformer, shift_right
+from .model import MultiHeadAttention, Seq2SeqTransformer, shift_right, top_k_filter
 from .ppo import clipped_surrogate_loss
 from .task import BOS_ID, EOS, STOI, SYMBOLS, VOCAB, decode, encode, encode_numbers, gold_scores
 
@@ -168,12 +168,12 @@ def clip_explorer(clip_eps: float = 0.2, advantage: float = 1.0, ratio: float = 
 
 def live_plot(plot_fn, every: int = 1, **kwargs):
     """A training callback (``callback=`` of the trainers) that redraws ``plot_fn(history, **kwargs)``
-    in place in the cell's output: on the first call, then every ``every`` calls."""
+    in place in the cell's output: on the first call, then on every ``every``-th call."""
     state = {"calls": 0, "handle": None}
 
     def callback(history):
         state["calls"] += 1
-        if (state["calls"] - 1) % every:
+        if state["calls"] > 1 and state["calls"] % every:
             return
         fig = plot_fn(history, **kwargs)
         if state["handle"] is None:
@@ -227,10 +227,7 @@ def next_token_distribution(
     src = encode_numbers([number]).to(policy.device)
     tgt_in = torch.tensor([[BOS_ID, *encode(prefix, add_eos=False)]], device=policy.device)
     logits = policy.eval()(src, tgt_in)[0, -1] / temperature
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
+    probs = top_k_filter(logits, top_k).softmax(-1)
     return {("EOS" if token == EOS else token): probs[STOI[token]].item() for token in (EOS, *SYMBOLS)}
 
 
