@@ -275,6 +275,8 @@ def resolve_device(device: str = "cpu"):
     """``"auto"`` picks CUDA when present, else the CPU; ``"cuda"`` without a GPU is an error."""
     import torch
 
+    if isinstance(device, torch.device):
+        device = str(device)
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "auto":

@@ -1,0 +1,334 @@
+"""Speed, measured: ``python -m ppo_lesson bench``.
+
+Four tables, written to ``bench.json`` too:
+
+1. generation throughput (tokens/s) with and without the KV cache at several answer lengths,
+   on a model of the preset's size with random weights and EOS suppressed, so every answer has
+   exactly the asked-for length;
+2. one pretraining step, split into sampling the supervised batch and the optimizer step;
+3. one PPO iteration, split into rollout generation, scoring (policy re-score, reference and
+   reward model), bookkeeping (rewards, GAE, whitening, gold scores, statistics) and the update;
+4. the wall time of each stage of ``run`` (the real stages, trained afresh: no cache).
+
+Times are the best of ``--repeats`` runs (the least disturbed by other work on the machine),
+except the per-iteration means of table 3 and the single runs of table 4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Config, get_preset
+
+LENGTHS = (8, 16, 32, 64)
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls allocate
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_generation(cfg: Config, lengths=LENGTHS, batch: int = 128, repeats: int = 5, device="cpu") -> list[dict]:
+    """Tokens per second of ``generate`` with and without the KV cache, for answers of each length."""
+    from .model import Seq2SeqTransformer
+    from .task import EOS_ID, encode_numbers, sample_numbers
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = dataclasses.replace(cfg.model, max_len=max(cfg.model.max_len, max(lengths) + 1))
+    model = Seq2SeqTransformer(model_cfg).to(device).eval()
+    with torch.no_grad():
+        model.lm_head.bias[EOS_ID] = -1e4  # never stop early: every answer is exactly `length` tokens
+    src = encode_numbers(sample_numbers(batch, cfg.task, random.Random(cfg.seed))).to(device)
+    rows = []
+    for length in lengths:
+        row = {"length": length, "batch": batch}
+        for use_cache in (True, False):
+            gen = torch.Generator(device=device).manual_seed(cfg.seed)
+            run = lambda n=length, c=use_cache, g=gen: model.generate(src, n, use_cache=c, generator=g)  # noqa: E731
+            seconds = _best_seconds(run, repeats)
+            key = "cache" if use_cache else "no_cache"
+            row[f"seconds_{key}"] = seconds
+            row[f"tokens_per_s_{key}"] = batch * length / seconds
+        row["speedup"] = row["seconds_no_cache"] / row["seconds_cache"]
+        rows.append(row)
+    return rows
+
+
+def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
+    """Milliseconds per pretraining step: sampling the supervised batch, and forward + backward + Adam."""
+    from .model import Seq2SeqTransformer
+    from .pretrain import teacher_forcing_loss
+    from .task import supervised_batch
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model = Seq2SeqTransformer(cfg.model).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain.lr)
+    batches = []
+    sample = lambda: batches.append(supervised_batch(cfg.pretrain.batch_size, cfg.task, rng))  # noqa: E731
+    seconds_batch = _best_seconds(lambda: [sample() for _ in range(steps)], 2) / steps
+    src, tgt = (t.to(device) for t in batches[0])
+
+    def train_steps():
+        for _ in range(steps):
+            loss = teacher_forcing_loss(model, src, tgt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain.grad_clip)
+            opt.step()
+            loss.item()
+
+    seconds_step = _best_seconds(train_steps, 2) / steps
+    total = seconds_batch + seconds_step
+    return {
+        "batch_ms": 1000 * seconds_batch,
+        "update_ms": 1000 * seconds_step,
+        "batch_share": seconds_batch / total,
+        "steps_per_s": 1 / total,
+        "batch_size": cfg.pretrain.batch_size,
+    }
+
+
+class _PhaseTimer:
+    """Adds the time spent inside wrapped callables to named phases while ``active``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.active = True
+
+    def wrap(self, phase: str, fn):
+        def timed(*args, **kwargs):
+            if not self.active:
+                return fn(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+        return timed
+
+
+def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10, device="cpu") -> dict:
+    """Milliseconds per PPO iteration in each phase, over ``iterations`` real iterations of the loop
+    (the same ``collect_rollouts`` and ``ppo_update`` that ``finetune_ppo`` runs)."""
+    import copy
+
+    from .ppo import PPOAgent, collect_rollouts, kl_controller, ppo_update
+    from .task import encode_numbers, gold_scores, sample_numbers
+
+    pcfg = cfg.ppo
+    torch.manual_seed(cfg.seed + 2)
+    reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
+    reward_model = copy.deepcopy(reward_model).to(device).eval().requires_grad_(False)
+    agent = PPOAgent(copy.deepcopy(policy).to(device))
+    optimizer = torch.optim.Adam(agent.parameters(), lr=pcfg.lr, eps=1e-5)
+    controller = kl_controller(pcfg)
+    rng, gen = random.Random(cfg.seed + 4), torch.Generator(device=device).manual_seed(cfg.seed + 4)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 5)
+    timer = _PhaseTimer()
+    agent.policy.generate = timer.wrap("generation", agent.policy.generate)
+    agent.forward = timer.wrap("scoring", agent.forward)  # only its no-grad rollout calls: see `active`
+    reference.score_tokens = timer.wrap("scoring", reference.score_tokens)
+    reward_model.score = timer.wrap("scoring", reward_model.score)
+    rollout_s = update_s = gold_s = 0.0
+    epochs = []
+    for _ in range(iterations):
+        src = encode_numbers(sample_numbers(pcfg.rollout_batch, cfg.task, rng)).to(device)
+        timer.active = True
+        start = time.perf_counter()
+        memory, stats = collect_rollouts(agent, reference, reward_model, src, cfg, controller.value, gen)
+        rollout_s += time.perf_counter() - start
+        timer.active = False
+        start = time.perf_counter()
+        updates = ppo_update(agent, optimizer, memory, pcfg, shuffle_gen)
+        update_s += time.perf_counter() - start
+        controller.update(stats["kl"], pcfg.rollout_batch)
+        epochs.append(updates[-1]["epoch"] + 1)
+        tokens, mask = memory.data["tokens"].cpu(), memory.data["mask"].cpu()
+        start = time.perf_counter()
+        gold_scores(src.cpu(), tokens, mask, cfg.task)  # once more, alone: the Python part of bookkeeping
+        gold_s += time.perf_counter() - start
+    generation, scoring = timer.seconds.get("generation", 0.0), timer.seconds.get("scoring", 0.0)
+    phases = {
+        "generation": generation,
+        "scoring": scoring,
+        "bookkeeping": max(0.0, rollout_s - generation - scoring),
+        "update": update_s,
+    }
+    total = sum(phases.values())
+    return {
+        "iterations": iterations,
+        "rollout_batch": pcfg.rollout_batch,
+        "updates_per_iteration": f"{pcfg.epochs} epochs x {pcfg.minibatches} minibatches (early stop at "
+        f"approx_kl > {pcfg.target_kl})",
+        "mean_epochs_run": sum(epochs) / len(epochs),
+        "ms": {k: 1000 * v / iterations for k, v in phases.items()},
+        "share": {k: v / total for k, v in phases.items()},
+        "gold_scoring_ms": 1000 * gold_s / iterations,
+        "iteration_ms": 1000 * total / iterations,
+    }
+
+
+def bench_stages(cfg: Config, device="cpu", progress: bool = True) -> tuple[dict, object, object]:
+    """Seconds of each stage of ``run``, trained afresh (reuse=False); returns them, the policy and
+    the reward model."""
+    from .evaluate import evaluate_policy
+    from .pipeline import pretrained_policy, run_ppo, trained_reward_model
+
+    seconds = {}
+    start = time.perf_counter()
+    policy, pre = pretrained_policy(cfg, device=device, reuse=False, progress=progress)
+    seconds["pretrain"] = pre["seconds"]
+    rm, rew = trained_reward_model(cfg, policy, device=device, reuse=False, progress=progress)
+    seconds["reward_model"] = rew["seconds"]
+    t = time.perf_counter()
+    evaluate_policy(policy, cfg, reference=policy, reward_model=rm, samples_per_number=16)
+    seconds["evaluate_before"] = time.perf_counter() - t
+    agent, reference, history, seconds["ppo"] = run_ppo(cfg, policy, rm, device=device, progress=progress)
+    t = time.perf_counter()
+    evaluate_policy(agent.policy, cfg, reference=reference, reward_model=rm, samples_per_number=16)
+    seconds["evaluate_after"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - start
+    seconds["ppo_per_iteration"] = seconds["ppo"] / max(1, len(history))
+    return seconds, policy, rm
+
+
+def run_bench(
+    preset: str = "lesson",
+    lengths=LENGTHS,
+    batch: int = 128,
+    repeats: int = 5,
+    iterations: int = 10,
+    stages: bool = True,
+    device="cpu",
+    progress: bool = True,
+) -> dict:
+    """Every measurement of this module for a preset (seed 0), as one dict."""
+    from .pipeline import pretrained_policy, trained_reward_model
+
+    cfg = get_preset(preset)
+    device = str(device)  # the pipeline's functions take the device by name
+    result = {
+        "preset": preset,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "generation": bench_generation(cfg, lengths, batch, repeats, device),
+        "pretrain_step": bench_pretrain_step(cfg, device=device),
+    }
+    if stages:
+        result["stages"], policy, rm = bench_stages(cfg, device, progress)
+    else:
+        policy, _ = pretrained_policy(cfg, device=device, progress=progress)
+        rm, _ = trained_reward_model(cfg, policy, device=device, progress=progress)
+    result["ppo_iteration"] = bench_ppo_iteration(cfg, policy, rm, iterations, device)
+    return result
+
+
+def format_tables(result: dict) -> str:
+    """The printed report: one table per measurement."""
+    lines = [
+        f"preset {result['preset']}, device {result['device']}, {result['threads']} thread(s), torch {result['torch']}",
+        "",
+        "1. generation (random weights, EOS suppressed), best of repeats",
+        f"{'tokens':>8}{'batch':>7}{'tok/s cache':>14}{'tok/s no cache':>16}{'speed-up':>10}",
+    ]
+    for r in result["generation"]:
+        lines.append(
+            f"{r['length']:>8}{r['batch']:>7}{r['tokens_per_s_cache']:>14,.0f}"
+            f"{r['tokens_per_s_no_cache']:>16,.0f}{r['speedup']:>9.1f}x"
+        )
+    p = result["pretrain_step"]
+    lines += [
+        "",
+        f"2. pretraining step (batch {p['batch_size']}): sample batch {p['batch_ms']:.1f} ms "
+        f"({100 * p['batch_share']:.0f}%), forward+backward+Adam {p['update_ms']:.1f} ms; "
+        f"{p['steps_per_s']:.1f} steps/s",
+    ]
+    it = result["ppo_iteration"]
+    lines += [
+        "",
+        f"3. one PPO iteration ({it['rollout_batch']} rollouts, {it['updates_per_iteration']}; "
+        f"mean epochs run {it['mean_epochs_run']:.1f}), mean of {it['iterations']} iterations",
+        f"{'phase':<14}{'ms':>9}{'share':>8}",
+    ]
+    for phase, ms in it["ms"].items():
+        lines.append(f"{phase:<14}{ms:>9.1f}{100 * it['share'][phase]:>7.0f}%")
+    lines.append(f"{'total':<14}{it['iteration_ms']:>9.1f}   (gold scoring alone: {it['gold_scoring_ms']:.1f} ms)")
+    if "stages" in result:
+        s = result["stages"]
+        lines += ["", "4. stages of `run` (trained afresh)", f"{'stage':<18}{'seconds':>9}"]
+        for name in ("pretrain", "reward_model", "evaluate_before", "ppo", "evaluate_after", "total"):
+            lines.append(f"{name:<18}{s[name]:>9.1f}")
+        lines.append(f"(PPO: {s['ppo_per_iteration']:.2f} s per iteration)")
+    return "\n".join(lines)
+
+
+def bench_command(args) -> dict:
+    """The ``bench`` command: measure, print the tables, write bench.json."""
+    result = run_bench(
+        args.preset,
+        args.lengths,
+        args.batch,
+        args.repeats,
+        args.iterations,
+        stages=not args.skip_stages,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out) / "bench.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(format_tables(result))
+    print(f"\nwrote {out}")
+    return result
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_parser(sub, add_common) -> None:
+    """The ``bench`` subcommand."""
+    p = sub.add_parser(
+        "bench",
+        help="speed: generation with and without the KV cache, one PPO iteration split up, each stage of run",
+        description="Measure generation throughput with and without the KV cache, a pretraining step, one PPO "
+        "iteration split into generation / scoring / bookkeeping / update, and the wall time of each stage of "
+        "`run` trained afresh. Prints tables and writes OUT/bench.json.",
+    )
+    p.add_argument("--preset", default="lesson", help="model and stage settings: lesson (default) or tiny")
+    p.add_argument(
+        "--lengths",
+        type=_positive,
+        nargs="+",
+        default=list(LENGTHS),
+        help=f"answer lengths in tokens for the generation table (default: {' '.join(map(str, LENGTHS))})",
+    )
+    p.add_argument("--batch", type=_positive, default=128, help="answers generated at once (default: 128)")
+    p.add_argument("--repeats", type=_positive, default=5, help="timed repeats per measurement, best kept (default: 5)")
+    p.add_argument("--iterations", type=_positive, default=10, help="PPO iterations timed in table 3 (default: 10)")
+    p.add_argument(
+        "--skip-stages",
+        action="store_true",
+        help="skip table 4 (training every stage afresh, about 2 minutes for the lesson); table 3 then uses "
+        "the cached stages",
+    )
+    add_common(p, "runs/bench")
+    p.set_defaults(handler=bench_command)
