@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import bench, experiments
 
     experiments.add_parser(sub, _add_common, _seed, _positive_int)
-    bench.add_parser(sub, _add_common)
+    bench.add_parser(sub, _add_common, _positive_int)
     return parser
 
 

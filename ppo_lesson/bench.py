@@ -295,16 +295,7 @@ def bench_command(args) -> dict:
     return result
 
 
-def _positive(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def add_parser(sub, add_common) -> None:
+def add_parser(sub, add_common, positive_int) -> None:
     """The ``bench`` subcommand."""
     p = sub.add_parser(
         "bench",
@@ -316,14 +307,16 @@ def add_parser(sub, add_common) -> None:
     p.add_argument("--preset", default="lesson", help="model and stage settings: lesson (default) or tiny")
     p.add_argument(
         "--lengths",
-        type=_positive,
+        type=positive_int,
         nargs="+",
         default=list(LENGTHS),
         help=f"answer lengths in tokens for the generation table (default: {' '.join(map(str, LENGTHS))})",
     )
-    p.add_argument("--batch", type=_positive, default=128, help="answers generated at once (default: 128)")
-    p.add_argument("--repeats", type=_positive, default=5, help="timed repeats per measurement, best kept (default: 5)")
-    p.add_argument("--iterations", type=_positive, default=10, help="PPO iterations timed in table 3 (default: 10)")
+    p.add_argument("--batch", type=positive_int, default=128, help="answers generated at once (default: 128)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=5, help="timed repeats per measurement, best kept (default: 5)"
+    )
+    p.add_argument("--iterations", type=positive_int, default=10, help="PPO iterations timed in table 3 (default: 10)")
     p.add_argument(
         "--skip-stages",
         action="store_true",
