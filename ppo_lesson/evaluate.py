@@ -9,6 +9,15 @@ from .model import Seq2SeqTransformer
 from .task import decode, encode_numbers, gold_scores, source_numbers
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each point (fewer at the start): smooths noisy curves."""
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i + 1 - window) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
 def evaluation_sources(cfg: Config, samples_per_number: int = 8) -> torch.Tensor:
     """A fixed evaluation set: every source number, ``samples_per_number`` times each."""
     numbers = [n for n in range(cfg.task.min_number, cfg.task.max_number + 1) for _ in range(samples_per_number)]

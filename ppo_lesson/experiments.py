@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config, get_preset
-from .evaluate import evaluate_policy, evaluation_sources
+from .evaluate import evaluate_policy, evaluation_sources, trailing_mean
 from .pipeline import pretrained_policy, run_ppo, trained_reward_model
 from .task import decode, ended_with_eos, gold_scores, source_numbers
 
@@ -110,18 +110,9 @@ def _nice(x: float) -> float:
     return float(f"{x:.2g}")
 
 
-def smooth(values: list[float], window: int = SMOOTH) -> list[float]:
-    """Trailing mean over the last ``window`` values (fewer at the start)."""
-    out = []
-    for i in range(len(values)):
-        chunk = values[max(0, i + 1 - window) : i + 1]
-        out.append(sum(chunk) / len(chunk))
-    return out
-
-
 def samples_to_reach(gold: list[float], level: float, rollout_batch: int) -> int | None:
     """Sampled answers until the smoothed on-policy gold reward first reaches ``level`` (None if never)."""
-    for i, g in enumerate(smooth(gold)):
+    for i, g in enumerate(trailing_mean(gold, SMOOTH)):
         if g >= level:
             return (i + 1) * rollout_batch
     return None
@@ -129,7 +120,7 @@ def samples_to_reach(gold: list[float], level: float, rollout_batch: int) -> int
 
 def _gold_at_fractions(gold: list[float], rollout_batch: int, fractions=(0.25, 0.5, 1.0)) -> dict:
     """Smoothed on-policy gold reward after a quarter, half and all of the sampled answers."""
-    smoothed = smooth(gold)
+    smoothed = trailing_mean(gold, SMOOTH)
     points = {max(1, round(f * len(gold))) for f in fractions}
     return {str(n * rollout_batch): _round(smoothed[n - 1]) for n in sorted(points)}
 
@@ -137,7 +128,7 @@ def _gold_at_fractions(gold: list[float], rollout_batch: int, fractions=(0.25, 0
 def worst_drop(gold: list[float]) -> float:
     """Largest fall of the smoothed gold reward below the best value seen before it (0 if it never falls)."""
     best, drop = float("-inf"), 0.0
-    for g in smooth(gold):
+    for g in trailing_mean(gold, SMOOTH):
         best = max(best, g)
         drop = max(drop, best - g)
     return drop
@@ -365,7 +356,7 @@ def summarize(result: dict) -> dict:
                 {
                     "seed": r["seed"],
                     "final_gold": r["final"]["gold_reward"],
-                    "best_gold": _round(max(smooth(gold))),
+                    "best_gold": _round(max(trailing_mean(gold, SMOOTH))),
                     "worst_drop": _round(worst_drop(gold)),
                     "final_valid_fraction": r["final"]["valid_fraction"],
                     "final_kl_to_reference": r["final"]["kl_to_reference"],
@@ -379,7 +370,7 @@ def summarize(result: dict) -> dict:
     for run in plan["reward_hacking"]["runs"]:
         rows = []
         for r in _runs(result, "reward_hacking", run["variant"]):
-            gold = smooth(_curve(r, "gold_reward"))
+            gold = trailing_mean(_curve(r, "gold_reward"), SMOOTH)
             peak = max(range(len(gold)), key=gold.__getitem__)
             rows.append(
                 {

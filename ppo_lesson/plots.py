@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import SymLogNorm
 
+from .evaluate import trailing_mean
+
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 
 
@@ -22,17 +24,6 @@ def save_figure(fig, name: str, folder=None) -> Path:
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
-
-
-def _smooth(values, window: int):
-    """Trailing moving average (the first points average what is there so far)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
 
 
 def plot_ppo_history(history: list[dict], title: str = "PPO fine-tuning", smooth: int = 5):
@@ -52,7 +43,7 @@ def plot_ppo_history(history: list[dict], title: str = "PPO fine-tuning", smooth
         for key, label in keys:
             raw = [h[key] for h in history]
             (line,) = ax.plot(it, raw, alpha=0.3)
-            ax.plot(it, _smooth(raw, smooth), color=line.get_color(), label=label)
+            ax.plot(it, trailing_mean(raw, smooth), color=line.get_color(), label=label)
         ax.set_title(panel)
         ax.set_xlabel("PPO iteration")
         ax.set_ylabel(ylabel)
@@ -66,8 +57,12 @@ def plot_gold_before_after(gold_before, gold_after, title: str = "Gold score of 
     """Histograms of gold scores (-1 invalid, 1 shortest valid sum) before and after PPO."""
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     bins = [-1.05, -0.95, 0.0, 0.03, 0.05, 0.09, 0.11, 0.2, 0.3, 0.45, 0.55, 0.9, 1.05]
-    ax.hist([list(map(float, gold_before)), list(map(float, gold_after))], bins=bins,
-            label=["before PPO (pretrained)", "after PPO"], color=["tab:gray", "tab:blue"])
+    ax.hist(
+        [list(map(float, gold_before)), list(map(float, gold_after))],
+        bins=bins,
+        label=["before PPO (pretrained)", "after PPO"],
+        color=["tab:gray", "tab:blue"],
+    )
     ax.set_xlabel("gold score (-1 = invalid, 1 = shortest possible sum, halves per extra term)")
     ax.set_ylabel("number of answers")
     ax.set_title(title)
@@ -112,7 +107,7 @@ def plot_sample_efficiency(
     ax, ax_lr = axes[0], axes[1]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for color, (method, per_seed) in zip(colors, curves.items()):
-        smoothed = {seed: _smooth(gold, smooth) for seed, (_, gold) in per_seed.items()}
+        smoothed = {seed: trailing_mean(gold, smooth) for seed, (_, gold) in per_seed.items()}
         samples = next(iter(per_seed.values()))[0]
         for gold in smoothed.values():
             ax.plot(samples, gold, color=color, alpha=0.3, lw=1)
@@ -172,11 +167,11 @@ def plot_stability(runs: list[dict], smooth: int = 5):
         for label, group in _by_label([r for r in runs if r["lr"] == lr]).items():
             for i, run in enumerate(group):
                 kwargs = {"color": colors[label], "alpha": 0.8, "lw": 1.3, "label": label if i == 0 else None}
-                ax_gold.plot(run["iteration"], _smooth(run["gold"], smooth), **kwargs)
-                ax_kl.plot(run["iteration"], _smooth(run["kl"], smooth), **kwargs)
+                ax_gold.plot(run["iteration"], trailing_mean(run["gold"], smooth), **kwargs)
+                ax_kl.plot(run["iteration"], trailing_mean(run["kl"], smooth), **kwargs)
         ax_gold.set_title(f"lr {lr:.0e}: gold reward (one line per seed)")
         ax_gold.set_ylabel(f"gold reward ({smooth}-iteration mean)")
-        scale = _kl_axis(ax_kl, "y", [k for r in runs if r["lr"] == lr for k in _smooth(r["kl"], smooth)])
+        scale = _kl_axis(ax_kl, "y", [k for r in runs if r["lr"] == lr for k in trailing_mean(r["kl"], smooth)])
         ax_kl.set_title(f"lr {lr:.0e}: KL to the reference")
         ax_kl.set_ylabel(f"KL (nats per answer{scale}), {smooth}-iteration mean")
         for ax in (ax_gold, ax_kl):
@@ -196,14 +191,14 @@ def plot_reward_hacking(runs: list[dict], lr: float | None = None, smooth: int =
     colors = dict(zip(_by_label(runs), ("tab:red", "tab:orange", "tab:blue", "tab:green")))
     for label, group in _by_label(runs).items():
         for i, run in enumerate(group):
-            kl = _smooth(run["kl"], smooth)
+            kl = trailing_mean(run["kl"], smooth)
             kwargs = {"color": colors[label], "alpha": 0.8, "lw": 1.3, "label": label if i == 0 else None}
             for ax, key in ((ax_proxy, "proxy"), (ax_gold, "gold")):
-                values = _smooth(run[key], smooth)
+                values = trailing_mean(run[key], smooth)
                 ax.plot(kl, values, **kwargs)
                 ax.plot(kl[-1:], values[-1:], "o", color=colors[label], ms=5)
             ax_kl.plot(run["iteration"], kl, **kwargs)
-    all_kl = [k for run in runs for k in _smooth(run["kl"], smooth)]
+    all_kl = [k for run in runs for k in trailing_mean(run["kl"], smooth)]
     for ax, what in ((ax_proxy, "proxy reward (reward model, normalized)"), (ax_gold, "gold reward (hidden human)")):
         scale = _kl_axis(ax, "x", all_kl)
         ax.set_xlabel(f"KL to the reference (nats per answer{scale})")
@@ -257,7 +252,7 @@ def plot_pretrain_history(history: list[dict], total_steps: int | None = None, s
     loss = [h["loss"] for h in history]
     fig, ax = plt.subplots(figsize=(8, 3.8), constrained_layout=True)
     ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1)
-    ax.plot(steps, _smooth(loss, smooth), color="tab:blue", label=f"loss ({smooth}-step mean)")
+    ax.plot(steps, trailing_mean(loss, smooth), color="tab:blue", label=f"loss ({smooth}-step mean)")
     ax.set_ylim(0, max(loss) * 1.05)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats per token)")
@@ -271,7 +266,7 @@ def plot_pretrain_history(history: list[dict], total_steps: int | None = None, s
     lines = ax.get_legend_handles_labels()
     lr_lines = ax_lr.get_legend_handles_labels()
     ax.legend(lines[0] + lr_lines[0], lines[1] + lr_lines[1], loc="upper right")
-    ax.set_title(f"Supervised pretraining: step {steps[-1] + 1}, loss {_smooth(loss, smooth)[-1]:.3f}")
+    ax.set_title(f"Supervised pretraining: step {steps[-1] + 1}, loss {trailing_mean(loss, smooth)[-1]:.3f}")
     return fig
 
 
@@ -359,7 +354,7 @@ def plot_reward_history(history: list[dict], smooth: int = 20):
     ):
         values = [h[key] for h in history]
         ax.plot(steps, values, color=color, alpha=0.3, lw=1)
-        ax.plot(steps, _smooth(values, smooth), color=color, label=f"{smooth}-step mean")
+        ax.plot(steps, trailing_mean(values, smooth), color=color, label=f"{smooth}-step mean")
         ax.set_xlabel("training step (one batch of pairs)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
