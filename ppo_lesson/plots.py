@@ -6,6 +6,7 @@ notebooks and the CLI produce the same files the README shows."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,9 +18,16 @@ from .evaluate import trailing_mean
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 
 
+def figures_dir() -> Path:
+    """Where ``save_figure`` writes by default: $PPO_LESSON_FIGURES when set (the tests point it at a
+    scratch folder, so running them never rewrites the committed figures), else the repository's figures/."""
+    env = os.environ.get("PPO_LESSON_FIGURES")
+    return Path(env) if env else FIGURES_DIR
+
+
 def save_figure(fig, name: str, folder=None) -> Path:
-    """Save ``fig`` as ``<folder>/<name>.png`` (default: the repository's figures/); returns the path."""
-    folder = Path(folder) if folder is not None else FIGURES_DIR
+    """Save ``fig`` as ``<folder>/<name>.png`` (default: ``figures_dir()``); returns the path."""
+    folder = Path(folder) if folder is not None else figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -9,11 +9,11 @@ import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import Config, PPOConfig
 from .model import Seq2SeqTransformer
 from .pretrain import TrainingError
+from .progress import progress_bar
 from .reward import RewardModel
 from .task import encode_numbers, gold_scores, sample_numbers
 
@@ -318,7 +318,7 @@ def finetune_ppo(
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 4)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 5)
     history: list[dict] = []
-    bar = tqdm(range(pcfg.iterations), desc="ppo", disable=not progress, mininterval=0.5)
+    bar = progress_bar(range(pcfg.iterations), desc="ppo", enabled=progress)
     try:
         for it in bar:
             start = time.perf_counter()

@@ -7,10 +7,10 @@ import random
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .config import Config
 from .model import Seq2SeqTransformer, shift_right
+from .progress import progress_bar
 from .task import PAD_ID, supervised_batch
 
 
@@ -57,7 +57,7 @@ def pretrain(
     opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, pcfg.steps, pcfg.warmup_steps))
     history: list[dict] = []
-    bar = tqdm(range(pcfg.steps), desc="pretrain", disable=not progress, mininterval=0.5)
+    bar = progress_bar(range(pcfg.steps), desc="pretrain", enabled=progress)
     for step in bar:
         src, tgt = (t.to(device) for t in supervised_batch(pcfg.batch_size, cfg.task, rng))
         loss = teacher_forcing_loss(model, src, tgt)

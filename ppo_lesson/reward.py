@@ -8,11 +8,11 @@ import random
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import Config, ModelConfig
 from .model import Seq2SeqTransformer, check_tokens
 from .pretrain import TrainingError
+from .progress import progress_bar
 from .task import BOS_ID, PAD_ID, encode_numbers, preference_pairs, sample_numbers
 
 
@@ -129,7 +129,7 @@ def train_reward_model(
     steps_per_epoch = max(1, -(-n // rcfg.batch_size))
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     history: list[dict] = []
-    bar = tqdm(total=rcfg.epochs * steps_per_epoch, desc="reward model", disable=not progress, mininterval=0.5)
+    bar = progress_bar(desc="reward model", total=rcfg.epochs * steps_per_epoch, enabled=progress)
     for _ in range(rcfg.epochs):
         rm.train()
         for idx in torch.randperm(n, generator=gen).split(rcfg.batch_size):
