@@ -26,11 +26,11 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .config import Config, get_preset
 from .evaluate import evaluate_policy, evaluation_sources, trailing_mean
 from .pipeline import pretrained_policy, run_ppo, trained_reward_model
+from .progress import progress_bar
 from .task import decode, ended_with_eos, gold_scores, source_numbers
 
 EXPERIMENTS = ("sample_efficiency", "stability", "reward_hacking")
@@ -223,7 +223,7 @@ def _cost(task: dict) -> float:
 
 def _map(fn, tasks, workers: int, threads: int, desc: str, progress: bool):
     """Results of ``fn`` over ``tasks`` (in the tasks' order), in-process or over worker processes."""
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress)
+    bar = progress_bar(desc=desc, total=len(tasks), enabled=progress)
     results = [None] * len(tasks)
     if workers <= 1 or len(tasks) <= 1:
         torch.set_num_threads(threads)

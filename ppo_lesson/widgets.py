@@ -11,11 +11,14 @@ Sections, in the order the notebooks meet them:
   ``next_token_distribution`` and ``sampling_explorer``.
 
 Each explorer returns a widget whose figure is redrawn when a control moves. Executed headless
-(nbconvert, nbval) it draws its first state once and needs nothing else."""
+(nbconvert, nbval) it draws its first state once and needs nothing else; its display data also
+carries that first figure as a PNG, which static viewers show instead of the widget."""
 
 from __future__ import annotations
 
+import base64
 import inspect
+import io
 import math
 import textwrap
 
@@ -44,7 +47,25 @@ def show_source(obj) -> Markdown:
     return Markdown(f"`{name}`\n\n```python\n{source.rstrip()}\n```")
 
 
-def _live(draw, controls: dict, columns: int = 4) -> widgets.VBox:
+class Explorer(widgets.VBox):
+    """Controls above a figure that is redrawn whenever a control moves.
+
+    A notebook viewed without a kernel (GitHub, nbviewer) cannot run a widget, so the explorer's
+    display data also carries its first figure as a PNG: a live JupyterLab shows the widget, a
+    static page shows the picture of its initial state."""
+
+    def __init__(self, children, first_png: bytes):
+        super().__init__(children)
+        self._first_png = first_png
+
+    def _repr_mimebundle_(self, **kwargs):
+        data = super()._repr_mimebundle_(**kwargs)
+        data["text/plain"] = "Explorer (a live kernel moves it; this picture is its initial state)"
+        data["image/png"] = base64.b64encode(self._first_png).decode("ascii")
+        return data
+
+
+def _live(draw, controls: dict, columns: int = 4) -> Explorer:
     """Controls above an Output that shows ``draw(**values)`` (a Figure), redrawn on every change."""
     out = widgets.Output()
 
@@ -54,13 +75,15 @@ def _live(draw, controls: dict, columns: int = 4) -> widgets.VBox:
             fig = draw(**{name: control.value for name, control in controls.items()})
             display(fig)
             plt.close(fig)
+        return fig
 
     for control in controls.values():
         control.observe(refresh, names="value")
-    refresh()
+    first = io.BytesIO()
+    refresh().savefig(first, format="png", bbox_inches="tight")
     boxes = list(controls.values())
     rows = [widgets.HBox(boxes[i : i + columns]) for i in range(0, len(boxes), columns)]
-    return widgets.VBox([*rows, out])
+    return Explorer([*rows, out], first.getvalue())
 
 
 # ---- 01: attention maps ----------------------------------------------------------------------
