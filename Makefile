@@ -38,6 +38,25 @@ test-other-cpu: $(STAMP)  ## the notebooks again as on another CPU (ATen's plain
 	rm -rf runs/other-cpu-cache
 	ATEN_CPU_CAPABILITY=default PPO_LESSON_CACHE=$(CURDIR)/runs/other-cpu-cache PPO_LESSON_FIGURES=$(SCRATCH_FIGURES) $(NBVAL)
 
+.PHONY: test-lab
+test-lab: $(STAMP)  ## every notebook in a real JupyterLab driven by Chromium: Run All, then check what a learner sees
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet -e '.[browser]'
+	LAB_CHECK_SELF_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_lab_check.py
+	$(PY) tools/lab_check.py --out runs/test-lab
+
+# The classroom: nbgrader (the `teach` extra) builds the student versions and grades them; see TEACHING.md
+.PHONY: exercises test-exercises
+TEACH := $(VENV)/.teach-installed
+$(TEACH): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[lab,test,teach]'
+	touch $(TEACH)
+
+exercises: $(TEACH)  ## student versions of notebooks 01-05, built by nbgrader into exercises/release/lesson/
+	$(PY) tools/build_exercises.py --course exercises
+
+test-exercises: $(TEACH)  ## nbgrader round trip: generate, autograde a solved (full marks) and an untouched (0) submission
+	$(PY) tools/check_exercises.py
+
 notebooks: $(STAMP)  ## re-execute every notebook in place (fresh kernel, one by one), then clean its metadata
 	for nb in $(NB); do $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
 	$(PY) tools/clean_notebooks.py $(NB)

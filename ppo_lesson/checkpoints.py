@@ -6,9 +6,11 @@ on and a fingerprint of the code that trains it, so a notebook reuses the policy
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ import torch
 from .config import Config
 
 FORMAT_VERSION = 1
+STALE_TMP_SECONDS = 600  # a save takes about a second: a .tmp untouched this long was left by a killed one
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _STAGE_CODE = {
     "pretrain": ("config.py", "task.py", "model.py", "pretrain.py"),
@@ -32,6 +35,7 @@ def save_checkpoint(path, state_dict: dict, cfg: Config, kind: str, extra: dict 
     folder, then a rename, so an interrupted save never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp_files(path)
     payload = {
         "format": FORMAT_VERSION,
         "kind": kind,
@@ -42,12 +46,54 @@ def save_checkpoint(path, state_dict: dict, cfg: Config, kind: str, extra: dict 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            _write(payload, f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); a checkpoint is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write(payload: dict, file) -> None:
+    try:
+        torch.save(payload, file)
+    except RuntimeError as err:  # torch's zip writer reports a short write (disk full, ulimit -f) as a RuntimeError
+        raise OSError(f"torch.save failed: {err}") from err
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read the umask is to set it, then put it back
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_tmp_files(path: Path) -> None:
+    """Delete the temporary files that saves of ``path`` killed mid-write left behind (a save in
+    progress elsewhere keeps its file fresh, so it is left alone)."""
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS and tmp.is_file():
+                tmp.unlink()
+        except FileNotFoundError:  # another process cleaned it first
+            pass
+
+
+def check_writable_folder(folder, name: str) -> Path:
+    """Create ``folder`` if missing and prove it writable by creating and deleting a file in it;
+    raise a ValueError naming ``name`` otherwise (before any training, not after)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{name}: expected a folder, but {folder} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or err
+        raise ValueError(f"{name}: expected a writable folder, but writing in {folder} failed: {reason}") from None
+    return folder
 
 
 def load_checkpoint(path, kind: str, cfg: Config | None = None, sections=("model",)) -> dict:
@@ -57,12 +103,18 @@ def load_checkpoint(path, kind: str, cfg: Config | None = None, sections=("model
     ``kind``, or was made with different ``sections`` of the config than ``cfg``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"path: no checkpoint at {path}")
+        what = "a folder" if path.is_dir() else "nothing"
+        raise CheckpointError(f"path: expected a checkpoint file at {path}, found {what}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
         raise CheckpointError(f"path: {path} is not a readable checkpoint ({err.__class__.__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+    fields = {"kind": str, "config": dict, "state_dict": dict, "extra": dict}
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != FORMAT_VERSION
+        or not all(isinstance(payload.get(key), kind_of_value) for key, kind_of_value in fields.items())
+    ):
         raise CheckpointError(f"path: {path} is not a ppo_lesson checkpoint (format {FORMAT_VERSION})")
     if payload["kind"] != kind:
         raise CheckpointError(f"kind: {path} holds a {payload['kind']!r} checkpoint, expected {kind!r}")
@@ -81,6 +133,15 @@ def cache_root() -> Path:
     """Where stage results are cached: $PPO_LESSON_CACHE, else ``.cache/`` in the checkout."""
     env = os.environ.get("PPO_LESSON_CACHE")
     return Path(env) if env else _PACKAGE_DIR.parent / ".cache"
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of a model's parameter and buffer values (the same weights give the same hash on any device)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def code_fingerprint(stage: str) -> str:

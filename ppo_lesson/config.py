@@ -6,9 +6,15 @@ Two presets: ``lesson`` (what the notebooks and ``make lesson`` use) and ``tiny`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import numbers
+import typing
 from dataclasses import dataclass, field
+
+MAX_SEED = 2**32 - 1  # seeds above it are refused: later stages add small offsets, torch takes < 2**63
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,7 @@ class TaskConfig:
     max_terms: int = 8  # longest sum in the supervised data (and the cap on a valid answer)
 
     def __post_init__(self):
+        _check_field_types(self)
         _check(self.min_number >= 2, "min_number", "an integer >= 2", self.min_number)
         _check(
             self.max_number >= self.min_number,
@@ -53,7 +60,9 @@ class ModelConfig:
     max_len: int = 64  # longest sequence the positional table covers
 
     def __post_init__(self):
-        _check(self.d_model > 0, "d_model", "a positive integer", self.d_model)
+        _check_field_types(self)
+        for name in ("d_model", "n_encoder_layers", "n_decoder_layers", "d_ff", "max_len"):
+            _check(getattr(self, name) > 0, name, "a positive integer", getattr(self, name))
         _check(
             self.n_heads > 0 and self.d_model % self.n_heads == 0,
             "n_heads",
@@ -75,9 +84,12 @@ class PretrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
 
     def __post_init__(self):
+        _check_field_types(self)
         _check(self.steps > 0, "steps", "a positive integer", self.steps)
         _check(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
         _check(self.lr > 0, "lr", "a positive float", self.lr)
+        _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
+        _check(self.grad_clip > 0, "grad_clip", "a positive float (a clip at 0 changes no parameter)", self.grad_clip)
         _check(
             0 <= self.warmup_steps <= self.steps,
             "warmup_steps",
@@ -101,6 +113,7 @@ class RewardConfig:
     init_from_policy: bool = True  # start from the pretrained weights, as RLHF does
 
     def __post_init__(self):
+        _check_field_types(self)
         _check(self.n_pairs >= 10, "n_pairs", "an integer >= 10", self.n_pairs)
         _check(
             0.0 < self.heldout_fraction < 1.0,
@@ -110,19 +123,23 @@ class RewardConfig:
         )
         _check(0.0 <= self.label_noise < 0.5, "label_noise", "a float in [0, 0.5)", self.label_noise)
         _check(self.epochs > 0, "epochs", "a positive integer", self.epochs)
+        _check(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
         _check(self.lr > 0, "lr", "a positive float", self.lr)
         _check(self.pair_temperature > 0, "pair_temperature", "a positive float", self.pair_temperature)
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO with a KL penalty to the frozen reference (the contract in DESIGN.md)."""
+    """PPO with a KL penalty to the frozen reference (explained in notebooks 04 and 05)."""
 
     iterations: int = 60  # rollout + update cycles
     rollout_batch: int = 128  # targets sampled per iteration
     epochs: int = 4  # K: passes over each rollout
     minibatches: int = 4  # minibatches per pass
     lr: float = 3e-5  # Adam learning rate (eps 1e-5)
+    value_lr: float = 3e-3  # Adam learning rate of the value head alone. Adam moves each weight by about lr
+    # per step, so at the policy's 3e-5 the zero-initialized head hardly leaves 0 in a whole run (explained
+    # variance stays near 0); the critic needs steps that matter next to returns of size ~1. Usually 1e-3 to 1e-2
     clip_eps: float = 0.2  # epsilon of the clipped surrogate
     value_clip: float = 0.2  # clip of the value update around the old values
     vf_coef: float = 0.1  # weight of the value loss
@@ -133,12 +150,17 @@ class PPOConfig:
     adaptive_kl: bool = True  # adapt kl_beta towards kl_target
     kl_target: float = 1.0  # KL to the reference (nats per answer) the controller aims for
     kl_horizon: int = 2000  # samples over which the controller moves beta by at most 20%
-    target_kl: float | None = 0.1  # early-stop an iteration's epochs when approx_kl exceeds it
+    target_kl: float | None = 0.1  # a safety net: skip an iteration's remaining epochs once an epoch's mean
+    # approx_kl (per token) exceeds it. On the lesson preset approx_kl stays near 0.001-0.02, so it never fires;
+    # it stops a too-large lr or too many epochs from moving the policy far on one rollout. Usually 0.01 to 0.1
     max_grad_norm: float = 1.0
     temperature: float = 1.0  # used both when sampling and when re-scoring
     clip: bool = True  # False gives the unclipped surrogate (for the stability experiment)
+    use_critic: bool = True  # False: V(s) = 0 everywhere and no value loss, so the advantages are the
+    # whitened lambda-discounted rewards-to-go ("PPO with V = 0", a REINFORCE-like baseline)
 
     def __post_init__(self):
+        _check_field_types(self)
         _check(self.iterations >= 0, "iterations", "an integer >= 0", self.iterations)
         _check(self.rollout_batch > 0, "rollout_batch", "a positive integer", self.rollout_batch)
         _check(self.epochs > 0, "epochs", "a positive integer", self.epochs)
@@ -154,6 +176,21 @@ class PPOConfig:
         _check(0.0 <= self.gamma <= 1.0, "gamma", "a float in [0, 1]", self.gamma)
         _check(0.0 <= self.lam <= 1.0, "lam", "a float in [0, 1]", self.lam)
         _check(self.kl_beta >= 0, "kl_beta", "a float >= 0", self.kl_beta)
+        _check(
+            not (self.adaptive_kl and self.kl_beta == 0),
+            "kl_beta",
+            "a positive float when adaptive_kl is True (the controller multiplies it, so 0 stays 0)",
+            self.kl_beta,
+        )
+        _check(self.value_lr > 0, "value_lr", "a positive float", self.value_lr)
+        _check(self.vf_coef >= 0, "vf_coef", "a float >= 0", self.vf_coef)
+        _check(self.ent_coef >= 0, "ent_coef", "a float >= 0", self.ent_coef)
+        _check(
+            self.max_grad_norm > 0,
+            "max_grad_norm",
+            "a positive float (a clip at 0 changes no parameter)",
+            self.max_grad_norm,
+        )
         _check(self.kl_target > 0, "kl_target", "a positive float", self.kl_target)
         _check(self.kl_horizon > 0, "kl_horizon", "a positive integer", self.kl_horizon)
         _check(self.temperature > 0, "temperature", "a positive float", self.temperature)
@@ -177,6 +214,8 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
+        _check_field_types(self)
+        _check(0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]", self.seed)
         _check(
             self.model.max_len >= max(self.task.max_target_len + 1, 4),
             "model.max_len",
@@ -189,15 +228,13 @@ class Config:
 
     def replace(self, **sections) -> Config:
         """A copy with some sections changed: ``cfg.replace(ppo={"lr": 1e-5}, seed=3)``."""
-        changes = {}
-        for name, value in sections.items():
-            if name == "seed":
-                changes[name] = value
-                continue
-            if name not in {f.name for f in dataclasses.fields(self)}:
-                raise ValueError(f"replace: unknown section {name!r}; expected one of {_SECTIONS}")
-            current = getattr(self, name)
-            changes[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
+        unknown = [name for name in sections if name not in _SECTIONS]
+        if unknown:
+            raise ValueError(f"replace: unknown section {unknown[0]!r}; expected one of {_SECTIONS}")
+        changes = {
+            name: _with_settings(name, getattr(self, name), value) if isinstance(value, dict) else value
+            for name, value in sections.items()
+        }
         return dataclasses.replace(self, **changes)
 
     def stage_key(self, stage: str) -> str:
@@ -212,25 +249,72 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict) -> Config:
-        sections = {
-            "task": TaskConfig,
-            "model": ModelConfig,
-            "pretrain": PretrainConfig,
-            "reward": RewardConfig,
-            "ppo": PPOConfig,
-        }
-        kwargs = {name: kind(**data[name]) for name, kind in sections.items() if name in data}
-        if "seed" in data:
-            kwargs["seed"] = data["seed"]
-        return cls(**kwargs)
+        """The inverse of ``to_dict``; missing sections and settings take their defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"data: expected a dict like Config.to_dict() gives, got {type(data).__name__}")
+        unknown = [name for name in data if name not in _SECTIONS]
+        if unknown:
+            raise ValueError(f"from_dict: unknown section {unknown[0]!r}; expected one of {_SECTIONS}")
+        defaults = cls()
+        return defaults.replace(**data)
 
 
 _SECTIONS = ("task", "model", "pretrain", "reward", "ppo", "seed")
 
 
+def _with_settings(section: str, current, settings: dict):
+    """``current`` with some settings changed; errors are named ``section.setting``."""
+    known = [f.name for f in dataclasses.fields(current)]
+    unknown = [name for name in settings if name not in known]
+    if unknown:
+        raise ValueError(f"{section}.{unknown[0]}: unknown setting; expected one of {known}")
+    try:
+        return dataclasses.replace(current, **settings)
+    except ValueError as err:
+        raise ValueError(f"{section}.{err}") from None
+
+
 def _check(ok: bool, name: str, expected: str, got) -> None:
     if not ok:
         raise ValueError(f"{name}: expected {expected}, got {got!r}")
+
+
+_EXPECTED = {bool: "True or False", int: "an integer", float: "a finite number", str: "a string", type(None): "None"}
+
+
+@functools.cache
+def _field_kinds(cls) -> dict:
+    """Each field's declared types as a tuple: ``float | None`` gives (float, NoneType)."""
+    return {name: typing.get_args(hint) or (hint,) for name, hint in typing.get_type_hints(cls).items()}
+
+
+def _check_field_types(obj) -> None:
+    """Raise a ValueError naming the first field whose value is not of its declared type: an int
+    field takes an integer (not a bool, float or string), a float field a finite real (an int is
+    stored as a float), a bool field True or False. Runs before each section's range checks."""
+    kinds = _field_kinds(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        converted = next((c for c in (_as_kind(value, kind) for kind in kinds[f.name]) if c is not _WRONG), _WRONG)
+        expected = " or ".join(_EXPECTED.get(kind, f"a {kind.__name__}") for kind in kinds[f.name])
+        _check(converted is not _WRONG, f.name, expected, value)
+        object.__setattr__(obj, f.name, converted)
+
+
+_WRONG = object()
+
+
+def _as_kind(value, kind):
+    """``value`` as a plain ``kind`` (numpy scalars and ints for floats included), or _WRONG."""
+    is_bool = isinstance(value, bool)
+    if kind is int:
+        return int(value) if isinstance(value, numbers.Integral) and not is_bool else _WRONG
+    if kind is float:
+        real = isinstance(value, numbers.Real) and not is_bool
+        return float(value) if real and math.isfinite(value) else _WRONG
+    if kind is type(None):
+        return value if value is None else _WRONG
+    return value if isinstance(value, kind) else _WRONG
 
 
 def lesson_config(seed: int = 0) -> Config:
@@ -265,8 +349,8 @@ def set_seed(seed: int) -> None:
 
     import torch
 
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed: expected an integer in [0, 2**63) (torch's limit), got {seed!r}")
     random.seed(seed)
     torch.manual_seed(seed)
 

@@ -169,6 +169,10 @@ class Seq2SeqTransformer(nn.Module):
     def encode(self, src):
         """src: (B, S) -> memory (B, S, D) and the source padding mask (B, 1, 1, S)."""
         check_tokens(src, "src")
+        all_pad = (src == PAD_ID).all(dim=1)
+        if all_pad.any():  # a query with no key to attend to gives a softmax over nothing: NaN
+            rows = all_pad.nonzero().flatten().tolist()
+            raise ValueError(f"src: expected every row to hold a token other than PAD, got only PAD in rows {rows}")
         src_mask = padding_mask(src)
         x = self.embed_tokens(src)
         for layer in self.encoder:

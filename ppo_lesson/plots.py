@@ -78,6 +78,23 @@ def plot_gold_before_after(gold_before, gold_after, title: str = "Gold score of 
     return fig
 
 
+def plot_critic_comparison(histories: dict, smooth: int = 5, title: str = "A learned critic against V = 0"):
+    """Two panels over PPO iterations for each labelled history: rollout gold reward (trailing mean
+    of ``smooth`` iterations) and the critic's explained variance."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    for label, history in histories.items():
+        it = [h["iteration"] for h in history]
+        axes[0].plot(it, trailing_mean([h["gold_reward"] for h in history], smooth), label=label)
+        axes[1].plot(it, [h["explained_variance"] for h in history], label=label)
+    for ax, ylabel in zip(axes, ("gold reward of the rollout (trailing mean)", "explained variance")):
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return fig
+
+
 def _kl_axis(ax, which: str, values) -> str:
     """A symlog KL axis when the KL spans more than a decade above 1 nat (runs that drift far), else linear."""
     if max(values, default=0.0) > 10:

@@ -4,12 +4,14 @@ normalized score arrives on the last real token (EOS)."""
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 
 import torch
 from torch import nn
 
+from .checkpoints import load_checkpoint, save_checkpoint
 from .config import Config, PPOConfig
 from .model import Seq2SeqTransformer
 from .pretrain import TrainingError
@@ -21,8 +23,9 @@ from .task import encode_numbers, gold_scores, sample_numbers
 class PPOAgent(nn.Module):
     """The policy (a Seq2SeqTransformer) plus a value head that reads the same decoder state.
 
-    The value head starts at zero, so the first advantages are the rewards themselves and the
-    critic cannot push the policy around before it has learned anything."""
+    The value head starts at zero: until the critic has learned something, V(s) = 0 and the
+    advantages are the lambda-discounted rewards-to-go. It learns at its own learning rate
+    (``PPOConfig.value_lr``, see ``parameter_groups``): at the policy's small one it hardly moves."""
 
     def __init__(self, policy: Seq2SeqTransformer):
         super().__init__()
@@ -37,6 +40,13 @@ class PPOAgent(nn.Module):
         logprobs, entropy, hidden = self.policy.score_tokens(src, tokens, temperature)
         return logprobs, entropy, self.value_head(hidden).squeeze(-1)
 
+    def parameter_groups(self, cfg: PPOConfig) -> list[dict]:
+        """Adam parameter groups: the policy at ``cfg.lr``, the value head at ``cfg.value_lr``."""
+        return [
+            {"params": list(self.policy.parameters()), "lr": cfg.lr},
+            {"params": list(self.value_head.parameters()), "lr": cfg.value_lr},
+        ]
+
 
 class PPOMemory:
     """Rollout buffer: per-episode tensors of one batch, handed out as shuffled minibatches."""
@@ -45,11 +55,16 @@ class PPOMemory:
         self.data: dict[str, torch.Tensor] = {}
 
     def store(self, **tensors: torch.Tensor) -> None:
+        """Add tensors of shape (episodes, ...), all with as many episodes as the buffer already holds."""
         for name, t in tensors.items():
-            size = len(self)
-            if self.data and t.size(0) != size:
-                raise ValueError(f"{name}: expected {size} episodes like the rest of the buffer, got {t.size(0)}")
-            self.data[name] = t
+            if not isinstance(t, torch.Tensor) or t.dim() == 0:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name}: expected a tensor with the episodes along dim 0, got {shape}")
+        sizes = [t.size(0) for t in (*self.data.values(), *tensors.values())]
+        for name, t in tensors.items():
+            if t.size(0) != sizes[0]:
+                raise ValueError(f"{name}: expected {sizes[0]} episodes like the rest of the buffer, got {t.size(0)}")
+        self.data.update(tensors)
 
     def __len__(self) -> int:
         return next(iter(self.data.values())).size(0) if self.data else 0
@@ -68,6 +83,8 @@ class PPOMemory:
 
 def check_mask(mask: torch.Tensor, like: torch.Tensor, name: str = "mask") -> None:
     """Raise unless ``mask`` has ``like``'s (batch, time) shape and holds only 0 and 1."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name}: expected a (batch, time) tensor of 0 and 1, got {type(mask).__name__}")
     if mask.shape != like.shape or mask.dim() != 2:
         raise ValueError(
             f"{name}: expected a (batch, time) tensor of shape {tuple(like.shape)}, got {tuple(mask.shape)}"
@@ -82,16 +99,22 @@ def _check_same_shape(mask, **tensors):
             raise ValueError(f"{name}: expected shape {tuple(mask.shape)} like mask, got {tuple(t.shape)}")
 
 
+def only_real(x, mask):
+    """x where mask is 1, exactly 0 elsewhere: a NaN or inf on a padded position never leaks
+    (multiplying by the mask would turn it into NaN, and its gradient too)."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_mean(x, mask):
     """Mean of x over the positions where mask is 1."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    return only_real(x, mask).sum() / mask.sum().clamp(min=1)
 
 
 def whiten(x, mask, eps: float = 1e-8):
     """Shift and scale x to mean 0, std 1 over real tokens; 0 at masked positions."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
+    return only_real((x - mean) * torch.rsqrt(var + eps), mask)
 
 
 @torch.no_grad()
@@ -100,14 +123,10 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
 
     delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}, where the
     value past the last real token is 0 (the episode ended). Returns (advantages, returns),
-    returns = advantages + values, both 0 at masked positions."""
+    returns = advantages + values, both 0 at masked positions. gamma and lam are checked by PPOConfig."""
     check_mask(mask, rewards)
     _check_same_shape(mask, rewards=rewards, values=values)
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma: expected a float in [0, 1], got {gamma}")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam: expected a float in [0, 1], got {lam}")
-    rewards, values = rewards * mask, values * mask
+    rewards, values = only_real(rewards, mask), only_real(values, mask)
     advantages = torch.zeros_like(rewards)
     next_value = torch.zeros_like(rewards[:, 0])
     next_advantage = torch.zeros_like(rewards[:, 0])
@@ -123,12 +142,12 @@ def clipped_surrogate_loss(logprobs, old_logprobs, advantages, mask, clip_eps: f
 
     ratio = exp(logprobs - old_logprobs); loss = masked mean over real tokens of
     max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)). ``clip_eps=inf`` gives the unclipped
-    policy-gradient surrogate."""
+    policy-gradient surrogate; PPOConfig checks clip_eps."""
     check_mask(mask, logprobs)
     _check_same_shape(mask, old_logprobs=old_logprobs, advantages=advantages)
-    if not clip_eps > 0:
-        raise ValueError(f"clip_eps: expected a positive float, got {clip_eps}")
-    ratio = torch.exp((logprobs - old_logprobs) * mask)  # masked first: padding never gives inf * 0
+    # masked first: padding gives ratio 1 and advantage 0, so neither the loss nor its gradient sees inf or NaN
+    ratio = torch.exp(only_real(logprobs - old_logprobs, mask))
+    advantages = only_real(advantages, mask)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     return masked_mean(torch.max(unclipped, clipped), mask)
@@ -221,6 +240,8 @@ def collect_rollouts(
     out = agent.policy.generate(src, cfg.task.max_target_len, temperature=pcfg.temperature, generator=generator)
     tokens, mask = out.tokens, out.mask
     old_logprobs, entropy, old_values = agent(src, tokens, pcfg.temperature)
+    if not pcfg.use_critic:  # the "V = 0" baseline: advantages are the rewards-to-go
+        old_values = torch.zeros_like(old_values)
     ref_logprobs, _, _ = reference.score_tokens(src, tokens, pcfg.temperature)
     scores = reward_model.score(src, tokens, mask)
     rewards = kl_penalty_rewards(old_logprobs, ref_logprobs, scores, mask, kl_beta)
@@ -262,7 +283,9 @@ def ppo_update(agent: PPOAgent, optimizer, memory: PPOMemory, cfg: PPOConfig, ge
             logprobs, entropy, values = agent(mb["src"], mb["tokens"], cfg.temperature)
             mask = mb["mask"]
             pg_loss = clipped_surrogate_loss(logprobs, mb["old_logprobs"], mb["advantages"], mask, clip_eps)
-            vf_loss = value_loss(values, mb["old_values"], mb["returns"], mask, cfg.value_clip)
+            vf_loss = torch.zeros(())  # no critic: nothing to fit
+            if cfg.use_critic:
+                vf_loss = value_loss(values, mb["old_values"], mb["returns"], mask, cfg.value_clip)
             mean_entropy = masked_mean(entropy, mask)
             loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * mean_entropy
             if not torch.isfinite(loss):
@@ -287,6 +310,124 @@ def ppo_update(agent: PPOAgent, optimizer, memory: PPOMemory, cfg: PPOConfig, ge
     return stats
 
 
+def check_models(agent: PPOAgent, reference: Seq2SeqTransformer, reward_model: RewardModel) -> None:
+    """Refuse models of the wrong type, and a reference or reward model that shares parameters with the
+    agent: PPO would move it along with the policy (with ``reference=agent.policy`` the KL stays 0)."""
+    for name, module, kind in (
+        ("agent", agent, PPOAgent),
+        ("reference", reference, nn.Module),
+        ("reward_model", reward_model, nn.Module),
+    ):
+        if not isinstance(module, kind):
+            raise TypeError(f"{name}: expected a {kind.__module__}.{kind.__name__}, got {type(module).__name__}")
+    trained = {id(p) for p in agent.parameters()}
+    for name, module in (("reference", reference), ("reward_model", reward_model)):
+        shared = sum(id(p) in trained for p in module.parameters())
+        if shared:
+            raise ValueError(
+                f"{name}: expected a model that shares no parameters with the agent being trained "
+                f"(pass a copy, e.g. copy.deepcopy(policy)), got one that shares {shared} of them"
+            )
+
+
+class PPOTrainer:
+    """Everything a PPO run changes as it goes: the agent, its optimizer, the KL controller, the random
+    generators and the history. ``state()`` and ``load_state()`` capture and restore all of it, so an
+    interrupted iteration can be undone and a saved run continues exactly as if it never stopped."""
+
+    def __init__(self, agent: PPOAgent, reference, reward_model, cfg: Config, device="cpu"):
+        check_models(agent, reference, reward_model)
+        self.agent, self.cfg, self.device = agent.to(device), cfg, device
+        self.reference = reference.to(device).eval().requires_grad_(False)
+        self.reward_model = reward_model.to(device).eval()  # only used under no_grad: its flags stay the caller's
+        self.optimizer = torch.optim.Adam(agent.parameter_groups(cfg.ppo), eps=1e-5)
+        self.controller = kl_controller(cfg.ppo)
+        self.rng = random.Random(cfg.seed + 4)  # draws the source numbers
+        self.rollout_generator = torch.Generator(device=device).manual_seed(cfg.seed + 4)  # samples answers
+        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed + 5)  # orders minibatches
+        self.history: list[dict] = []
+
+    def iteration(self) -> dict:
+        """One rollout, one update and one KL-controller step; appends the iteration's row to the history."""
+        pcfg, it, start = self.cfg.ppo, len(self.history), time.perf_counter()
+        src = encode_numbers(sample_numbers(pcfg.rollout_batch, self.cfg.task, self.rng)).to(self.device)
+        kl_beta = self.controller.value
+        memory, rollout = collect_rollouts(
+            self.agent, self.reference, self.reward_model, src, self.cfg, kl_beta, self.rollout_generator
+        )
+        try:
+            updates = ppo_update(self.agent, self.optimizer, memory, pcfg, self.shuffle_generator)
+        except FloatingPointError as err:
+            raise TrainingError("ppo", it, self.history[-1] if self.history else None) from err
+        self.controller.update(rollout["kl"], pcfg.rollout_batch)
+        row = {
+            "iteration": it,
+            **rollout,
+            **{k: _mean(updates, k) for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac")},
+            "epochs_run": updates[-1]["epoch"] + 1,
+            "kl_beta": kl_beta,
+            "seconds": time.perf_counter() - start,
+        }
+        self.history.append(row)
+        return row
+
+    def state(self) -> dict:
+        """A copy of everything the next iteration depends on (later steps do not change it)."""
+        return copy.deepcopy(
+            {
+                "agent": self.agent.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "kl_beta": self.controller.value,
+                "python_random": self.rng.getstate(),
+                "rollout_generator": self.rollout_generator.get_state(),
+                "shuffle_generator": self.shuffle_generator.get_state(),
+                "history": self.history,
+            }
+        )
+
+    def load_state(self, state: dict) -> None:
+        """Go back (or forward) to a state from ``state()`` or ``load_ppo_checkpoint``."""
+        self.agent.load_state_dict(state["agent"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.controller.value = state["kl_beta"]
+        self.rng.setstate(state["python_random"])
+        self.rollout_generator.set_state(state["rollout_generator"])
+        self.shuffle_generator.set_state(state["shuffle_generator"])
+        self.history = copy.deepcopy(state["history"])
+
+    def save(self, path) -> None:
+        """Write the state, the reference and the reward model to ``path`` atomically, as tensors and
+        plain Python values only (loadable with ``weights_only=True``)."""
+        state = self.state()
+        weights = {f"agent.{k}": v for k, v in state.pop("agent").items()}
+        weights.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
+        weights.update({f"reward_model.{k}": v for k, v in self.reward_model.state_dict().items()})
+        save_checkpoint(path, weights, self.cfg, "ppo_state", {**state, "iteration": len(self.history)})
+
+    def run_iteration_or_undo(self, checkpoint=None) -> None:
+        """One iteration (saved to ``checkpoint`` when given); if anything stops it half-way (Ctrl-C,
+        a non-finite loss), every part of the trainer goes back to the last completed iteration."""
+        before = self.state()
+        try:
+            self.iteration()
+            if checkpoint is not None:
+                self.save(checkpoint)
+        except BaseException:
+            self.load_state(before)
+            raise
+
+
+def load_ppo_checkpoint(path) -> dict:
+    """Read a checkpoint written by ``PPOTrainer.save``: the ``state()`` keys plus config (a Config),
+    reference and reward_model (state dicts) and iteration (completed iterations)."""
+    payload = load_checkpoint(path, "ppo_state")
+    state = {**payload["extra"], "config": Config.from_dict(payload["config"])}
+    for part in ("agent", "reference", "reward_model"):
+        prefix = f"{part}."
+        state[part] = {k[len(prefix) :]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+    return state
+
+
 def finetune_ppo(
     agent: PPOAgent,
     reference: Seq2SeqTransformer,
@@ -295,56 +436,38 @@ def finetune_ppo(
     device="cpu",
     callback=None,
     progress: bool = True,
+    checkpoint=None,
+    resume: dict | None = None,
 ) -> list[dict]:
     """The PPO loop: rollouts, GAE, K epochs of clipped updates, KL-controller step.
 
     Returns one dict per iteration (proxy_reward, gold_reward, valid_fraction, kl, kl_k3,
-    entropy, approx_kl, clipfrac, policy_loss, value_loss, explained_variance, kl_beta, ...).
+    entropy, approx_kl, clipfrac, policy_loss, value_loss, explained_variance, epochs_run, kl_beta, ...).
     The agent stays in eval mode throughout: with dropout off, re-scoring reproduces the
     sampling distribution exactly, so the ratio is 1 before the first step.
     ``callback(history)`` runs after every iteration. Interrupting (Ctrl-C, the notebook's stop
-    button) ends the loop after the iteration in progress is discarded and returns the history
-    so far; the agent keeps its last completed update."""
-    pcfg = cfg.ppo
-    for name, module in (("agent", agent), ("reference", reference), ("reward_model", reward_model)):
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
-    agent.to(device)
-    reference.to(device).eval().requires_grad_(False)
-    reward_model.to(device).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=pcfg.lr, eps=1e-5)
-    controller = kl_controller(pcfg)
-    rng = random.Random(cfg.seed + 4)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 4)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 5)
-    history: list[dict] = []
-    bar = progress_bar(range(pcfg.iterations), desc="ppo", enabled=progress)
+    button) discards the iteration in progress and returns the history so far; the agent, its
+    optimizer and the KL controller stay exactly at the last completed iteration.
+    ``checkpoint``: a path where the whole training state is saved before the first and after every
+    completed iteration. ``resume``: a state from ``load_ppo_checkpoint`` to continue from."""
+    trainer = PPOTrainer(agent, reference, reward_model, cfg, device)
+    if resume is not None:
+        if resume["config"] != cfg:
+            raise ValueError("resume: expected a checkpoint made with this cfg, got one made with another config")
+        trainer.load_state(resume)
+    elif checkpoint is not None:
+        trainer.save(checkpoint)
+    bar = progress_bar(range(len(trainer.history), cfg.ppo.iterations), desc="ppo", enabled=progress)
     try:
-        for it in bar:
-            start = time.perf_counter()
-            src = encode_numbers(sample_numbers(pcfg.rollout_batch, cfg.task, rng)).to(device)
-            kl_beta = controller.value
-            memory, rollout = collect_rollouts(agent, reference, reward_model, src, cfg, kl_beta, gen)
-            try:
-                updates = ppo_update(agent, optimizer, memory, pcfg, shuffle_gen)
-            except FloatingPointError as err:
-                raise TrainingError("ppo", it, history[-1] if history else None) from err
-            controller.update(rollout["kl"], pcfg.rollout_batch)
-            row = {
-                "iteration": it,
-                **rollout,
-                **{k: _mean(updates, k) for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac")},
-                "epochs_run": updates[-1]["epoch"] + 1,
-                "kl_beta": kl_beta,
-                "seconds": time.perf_counter() - start,
-            }
-            history.append(row)
+        for _ in bar:
+            trainer.run_iteration_or_undo(checkpoint)
+            row = trainer.history[-1]
             bar.set_postfix(gold=f"{row['gold_reward']:.2f}", kl=f"{row['kl']:.2f}")
             if callback is not None:
-                callback(history)
+                callback(trainer.history)
     except KeyboardInterrupt:
-        print(f"ppo: interrupted; returning the {len(history)} completed iterations")
-    return history
+        print(f"ppo: interrupted; returning the {len(trainer.history)} completed iterations")
+    return trainer.history
 
 
 def _mean(rows, key):

@@ -157,16 +157,26 @@ def train_reward_model(
 
 
 @torch.no_grad()
-def normalize_reward_model(rm: RewardModel, reference: Seq2SeqTransformer, cfg: Config, n: int = 1024, device="cpu"):
-    """Set the score normalization to mean 0, std 1 over ``n`` answers of the reference policy."""
+def normalize_reward_model(
+    rm: RewardModel,
+    reference: Seq2SeqTransformer,
+    cfg: Config,
+    n: int = 1024,
+    device="cpu",
+    temperature: float = 1.0,
+):
+    """Set the score normalization to mean 0, std 1 over ``n`` answers of the reference policy sampled at
+    ``temperature``: pass the temperature PPO samples at, so that its first rollouts score mean 0, std 1."""
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature: expected a positive float, got {temperature!r}")
     rng = random.Random(cfg.seed + 3)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
     src = encode_numbers(sample_numbers(n, cfg.task, rng)).to(device)
-    out = reference.eval().generate(src, cfg.task.max_target_len, generator=gen)
+    out = reference.eval().generate(src, cfg.task.max_target_len, temperature=temperature, generator=gen)
     raw = rm.eval()(src, out.tokens, out.mask)
     rm.score_mean.fill_(raw.mean())
     rm.score_std.fill_(raw.std().clamp(min=1e-6))
-    return {"mean": rm.score_mean.item(), "std": rm.score_std.item()}
+    return {"mean": rm.score_mean.item(), "std": rm.score_std.item(), "temperature": float(temperature)}
 
 
 def reward_model_from_policy(policy: Seq2SeqTransformer) -> RewardModel:

@@ -5,7 +5,7 @@ Sections, in the order the notebooks meet them:
 - every notebook: ``show_source`` renders a function or class of ``ppo_lesson`` as highlighted
   code, so a notebook explains the tested code instead of copying it;
 - 01: ``attention_weights``, ``attention_panels`` and ``attention_explorer``;
-- 04: ``clip_explorer``;
+- 04: ``clip_explorer``, ``gae_explorer`` and ``beta_explorer`` (their maths in ``toys.py``);
 - 02, 03, 05: ``live_plot`` (a training callback that redraws a curve in place), ``show_table``,
   ``source_location`` (``ppo_lesson/ppo.py:123`` of a function or of one of its lines),
   ``next_token_distribution`` and ``sampling_explorer``.
@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from . import plots
+from . import plots, toys
 from .model import MultiHeadAttention, Seq2SeqTransformer, shift_right, top_k_filter
 from .ppo import clipped_surrogate_loss
 from .task import BOS_ID, EOS, STOI, SYMBOLS, VOCAB, decode, encode, encode_numbers, gold_scores
@@ -282,3 +282,30 @@ def sampling_explorer(policy: Seq2SeqTransformer, cfg, n_samples: int = 10):
         return plots.plot_next_token_distributions({"p": list(probs.values())}, list(probs), title, samples)
 
     return _live(draw, controls, columns=2)
+
+
+# ---- 04: GAE on one episode, and the KL-regularized optimum (maths and figures in toys.py) ----------
+
+
+def gae_explorer(tokens, rewards, values, gamma: float = 1.0, lam: float = 0.95, critic_error: float = 0.0):
+    """Sliders for gamma, lambda and a critic error (added to V with a fixed sign pattern): delta_t and
+    A_t of one episode. rewards, values: (T,) one entry per token of ``tokens``."""
+    error_pattern = torch.tensor([(-1.0) ** t for t in range(len(tokens))])  # +1, -1, +1, ...: a fixed critic error
+    controls = {
+        "gamma": widgets.FloatSlider(value=gamma, min=0.5, max=1.0, step=0.01, description="gamma"),
+        "lam": widgets.FloatSlider(value=lam, min=0.0, max=1.0, step=0.05, description="lambda"),
+        "critic_error": widgets.FloatSlider(value=critic_error, min=0.0, max=1.0, step=0.05, description="V error"),
+    }
+
+    def draw(gamma, lam, critic_error):
+        noisy_values = torch.as_tensor(values, dtype=torch.float32) + critic_error * error_pattern
+        return toys.plot_gae_terms(tokens, rewards, noisy_values, gamma, lam)
+
+    return _live(draw, controls, columns=3)
+
+
+def beta_explorer(labels, ref_probs, rewards, beta: float = 0.5):
+    """A log-scale slider for beta: pi_ref and the optimum pi* ~ pi_ref exp(r / beta) over a few answers,
+    with E_pi*[r] and KL(pi* || pi_ref) against beta."""
+    slider = widgets.FloatLogSlider(value=beta, base=10, min=-2, max=2, step=0.1, description="beta")
+    return _live(lambda beta: toys.plot_tilt(labels, ref_probs, rewards, beta), {"beta": slider}, columns=1)

@@ -113,7 +113,8 @@ def test_loader_refuses_missing_and_foreign_files(tmp_path, tiny_cfg):
 
 def test_save_is_atomic(tmp_path, tiny_cfg, random_model, monkeypatch):
     """When torch.save fails after writing part of the file, the good checkpoint already at that
-    path is byte-for-byte unchanged, no *.tmp file is left, and the error reaches the caller."""
+    path is byte-for-byte unchanged, no *.tmp file is left, and the error reaches the caller (as an
+    OSError: torch reports a short write as a RuntimeError)."""
     path = save_checkpoint(tmp_path / "p.pt", random_model.state_dict(), tiny_cfg, "policy")
     before = path.read_bytes()
 
@@ -123,7 +124,7 @@ def test_save_is_atomic(tmp_path, tiny_cfg, random_model, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     other = Seq2SeqTransformer(tiny_cfg.model)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, other.state_dict(), tiny_cfg, "policy")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.pt"]

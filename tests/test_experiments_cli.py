@@ -33,7 +33,7 @@ SUMMARY_KEYS = {
 }
 COMMON = ["--out", "--device", "--threads", "--no-progress"]
 OPTIONS = {
-    "run": ["--preset", "--seed", "--reuse", *COMMON],
+    "run": ["--preset", "--seed", "--reuse", "--resume", *COMMON],
     "experiments": ["--preset", "--seeds", "--first-seed", "--quick", "--workers", *COMMON],
     "bench": ["--preset", "--lengths", "--batch", "--repeats", "--iterations", "--skip-stages", *COMMON],
 }
