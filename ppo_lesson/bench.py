@@ -1,6 +1,6 @@
 """Speed, measured: ``python -m ppo_lesson bench``.
 
-Four tables, written to ``bench.json`` too:
+Five tables, written to ``bench.json`` too:
 
 1. generation throughput (tokens/s) with and without the KV cache at several answer lengths,
    on a model of the preset's size with random weights and EOS suppressed, so every answer has
@@ -8,7 +8,10 @@ Four tables, written to ``bench.json`` too:
 2. one pretraining step, split into sampling the supervised batch and the optimizer step;
 3. one PPO iteration, split into rollout generation, scoring (policy re-score, reference and
    reward model), bookkeeping (rewards, GAE, whitening, gold scores, statistics) and the update;
-4. the wall time of each stage of ``run`` (the real stages, trained afresh: no cache).
+4. the wall time of each stage of ``run`` (the real stages, trained afresh: no cache);
+5. the distance to the limit: the FLOP/s a pretraining step and a PPO update achieve, next to the
+   FLOP/s of plain ``torch.mm``/``torch.bmm`` at the model's own matrix shapes on this machine, and the
+   share of each step's time spent outside matrix products (from ``torch.profiler``).
 
 Times are the best of ``--repeats`` runs (the least disturbed by other work on the machine),
 except the per-iteration means of table 3 and the single runs of table 4.
@@ -27,6 +30,89 @@ import torch
 from .config import Config, get_preset
 
 LENGTHS = (8, 16, 32, 64)
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear")  # + fused attention: profiled_matmul_seconds
+
+
+def matmul_shapes(model_cfg, batch: int, src_len: int, tgt_len: int, value_head: bool = False) -> list[tuple]:
+    """Every matrix product of one teacher-forced forward pass, as (count, m, k, n): ``count`` products
+    of an (m, k) by a (k, n) matrix. Attention's q k^T and weights @ v count once per (example, head)."""
+    from .task import VOCAB_SIZE
+
+    d, heads, ff = model_cfg.d_model, model_cfg.n_heads, model_cfg.d_ff
+    d_head, src_rows, tgt_rows = d // heads, batch * src_len, batch * tgt_len
+
+    def attention(q_len, k_len):  # scores, then the weighted sum of values
+        return [(batch * heads, q_len, d_head, k_len), (batch * heads, q_len, k_len, d_head)]
+
+    def feed_forward(rows):
+        return [(1, rows, d, ff), (1, rows, ff, d)]
+
+    encoder = [(4, src_rows, d, d), *attention(src_len, src_len), *feed_forward(src_rows)]
+    decoder = [
+        (4, tgt_rows, d, d),  # self-attention q, k, v, out
+        *attention(tgt_len, tgt_len),
+        (2, tgt_rows, d, d),  # cross-attention q, out
+        (2, src_rows, d, d),  # cross-attention k, v of the memory
+        *attention(tgt_len, src_len),
+        *feed_forward(tgt_rows),
+    ]
+    shapes = encoder * model_cfg.n_encoder_layers + decoder * model_cfg.n_decoder_layers
+    shapes.append((1, tgt_rows, d, VOCAB_SIZE))
+    if value_head:
+        shapes.append((1, tgt_rows, d, 1))
+    return shapes
+
+
+def matmul_flops(shapes) -> int:
+    """Floating-point operations (a multiply and an add each) of the products from ``matmul_shapes``."""
+    return sum(2 * count * m * k * n for count, m, k, n in shapes)
+
+
+def plain_matmul_seconds(shapes, repeats: int = 5) -> float:
+    """Seconds this machine takes for the products alone, each timed as a plain torch.mm (or torch.bmm
+    for a batch of them) on float32 tensors: the time a step would take with zero overhead."""
+    total = 0.0
+    for count, m, k, n in shapes:
+        if count <= 4:  # a few large products (the q, k, v, out projections): mm, count times
+            a, b = torch.randn(m, k), torch.randn(k, n)
+            total += count * _best_seconds(lambda a=a, b=b: torch.mm(a, b), repeats)
+        else:  # many small ones (attention per example and head): one bmm
+            a, b = torch.randn(count, m, k), torch.randn(count, k, n)
+            total += _best_seconds(lambda a=a, b=b: torch.bmm(a, b), repeats)
+    return total
+
+
+def profiled_matmul_seconds(fn) -> float:
+    """Seconds ``fn()`` spends inside matrix products (MATMUL_OPS and torch's fused attention, which is
+    two products and a softmax): the profiler's self time of those ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    inside = sum(
+        e.self_cpu_time_total
+        for e in prof.key_averages()
+        if e.key in MATMUL_OPS or e.key.startswith("aten::_scaled_dot_product")
+    )
+    return inside / 1e6
+
+
+def distance_to_limit(flops: float, seconds: float, shapes, seconds_in_matmuls, device="cpu", repeats: int = 5):
+    """Achieved GFLOP/s (``flops`` of products in ``seconds``, one step) next to the rate of plain matrix
+    products at the forward pass's ``shapes`` on this machine (the backward pass's transposed products
+    are taken to run at the same rate), and the share of the step outside products, with
+    ``seconds_in_matmuls()`` the profiled product time of one step. None off the CPU: the timings and
+    the profiler's self times used here do not wait for a GPU."""
+    if str(device) != "cpu":
+        return None
+    achieved, limit = flops / seconds, matmul_flops(shapes) / plain_matmul_seconds(shapes, repeats)
+    return {
+        "gflop": flops / 1e9,
+        "achieved_gflops": achieved / 1e9,
+        "matmul_gflops": limit / 1e9,
+        "fraction_of_limit": achieved / limit,
+        "share_outside_matmul": max(0.0, 1.0 - seconds_in_matmuls() / seconds),
+    }
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -74,7 +160,7 @@ def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model = Seq2SeqTransformer(cfg.model).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain.lr, fused=True)  # as pretrain() builds it
     batches = []
     sample = lambda: batches.append(supervised_batch(cfg.pretrain.batch_size, cfg.task, rng))  # noqa: E731
     seconds_batch = _best_seconds(lambda: [sample() for _ in range(steps)], 2) / steps
@@ -85,13 +171,18 @@ def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
             loss = teacher_forcing_loss(model, src, tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain.grad_clip, foreach=True)
             opt.step()
             loss.item()
 
     seconds_step = _best_seconds(train_steps, 2) / steps
     total = seconds_batch + seconds_step
+    shapes = matmul_shapes(cfg.model, src.size(0), src.size(1), tgt.size(1))
+    flops = 3 * matmul_flops(shapes)  # forward + backward (twice the forward's products)
     return {
+        "limit": distance_to_limit(
+            flops, seconds_step, shapes, lambda: profiled_matmul_seconds(train_steps) / steps, device
+        ),
         "batch_ms": 1000 * seconds_batch,
         "update_ms": 1000 * seconds_step,
         "batch_share": seconds_batch / total,
@@ -133,7 +224,7 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
     reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
     reward_model = copy.deepcopy(reward_model).to(device).eval().requires_grad_(False)
     agent = PPOAgent(copy.deepcopy(policy).to(device))
-    optimizer = torch.optim.Adam(agent.parameters(), lr=pcfg.lr, eps=1e-5)
+    optimizer = torch.optim.Adam(agent.parameter_groups(pcfg), eps=1e-5, fused=True)  # as PPOTrainer builds it
     controller = kl_controller(pcfg)
     rng, gen = random.Random(cfg.seed + 4), torch.Generator(device=device).manual_seed(cfg.seed + 4)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 5)
@@ -142,7 +233,7 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
     agent.forward = timer.wrap("scoring", agent.forward)  # only its no-grad rollout calls: see `active`
     reference.score_tokens = timer.wrap("scoring", reference.score_tokens)
     reward_model.score = timer.wrap("scoring", reward_model.score)
-    rollout_s = update_s = gold_s = 0.0
+    rollout_s = update_s = gold_s = update_flops = 0.0
     epochs = []
     for _ in range(iterations):
         src = encode_numbers(sample_numbers(pcfg.rollout_batch, cfg.task, rng)).to(device)
@@ -156,6 +247,9 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
         update_s += time.perf_counter() - start
         controller.update(stats["kl"], pcfg.rollout_batch)
         epochs.append(updates[-1]["epoch"] + 1)
+        src_len, tgt_len = memory.data["src"].size(1), memory.data["tokens"].size(1)
+        update_shapes = matmul_shapes(cfg.model, pcfg.rollout_batch, src_len, tgt_len, value_head=True)
+        update_flops += epochs[-1] * 3 * matmul_flops(update_shapes)  # every episode once per epoch run
         tokens, mask = memory.data["tokens"].cpu(), memory.data["mask"].cpu()
         start = time.perf_counter()
         gold_scores(src.cpu(), tokens, mask, cfg.task)  # once more, alone: the Python part of bookkeeping
@@ -168,7 +262,15 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
         "update": update_s,
     }
     total = sum(phases.values())
+
+    def update_matmul_s():  # one more update on the last rollout, profiled
+        return profiled_matmul_seconds(lambda: ppo_update(agent, optimizer, memory, pcfg, shuffle_gen))
+
+    minibatch_shapes = matmul_shapes(cfg.model, pcfg.rollout_batch // pcfg.minibatches, src_len, tgt_len, True)
     return {
+        "limit": distance_to_limit(
+            update_flops / iterations, update_s / iterations, minibatch_shapes, update_matmul_s, device
+        ),
         "iterations": iterations,
         "rollout_batch": pcfg.rollout_batch,
         "updates_per_iteration": f"{pcfg.epochs} epochs x {pcfg.minibatches} minibatches (early stop at "
@@ -273,6 +375,19 @@ def format_tables(result: dict) -> str:
         for name in ("pretrain", "reward_model", "evaluate_before", "ppo", "evaluate_after", "total"):
             lines.append(f"{name:<18}{s[name]:>9.1f}")
         lines.append(f"(PPO: {s['ppo_per_iteration']:.2f} s per iteration)")
+    if result["pretrain_step"]["limit"] is None:  # not measured off the CPU
+        return "\n".join(lines)
+    lines += [
+        "",
+        "5. distance to the limit: matrix-product FLOP/s achieved vs plain torch.mm/bmm at the same shapes",
+        f"{'one':<16}{'GFLOP':>8}{'achieved GFLOP/s':>18}{'mm GFLOP/s':>12}{'of limit':>10}{'outside mm':>12}",
+    ]
+    for name, key in (("pretrain step", "pretrain_step"), ("PPO update", "ppo_iteration")):  # GFLOP: one of each
+        lim = result[key]["limit"]
+        lines.append(
+            f"{name:<16}{lim['gflop']:>8.2f}{lim['achieved_gflops']:>18.1f}{lim['matmul_gflops']:>12.1f}"
+            f"{100 * lim['fraction_of_limit']:>9.0f}%{100 * lim['share_outside_matmul']:>11.0f}%"
+        )
     return "\n".join(lines)
 
 
@@ -302,7 +417,8 @@ def add_parser(sub, add_common, positive_int) -> None:
         help="speed: generation with and without the KV cache, one PPO iteration split up, each stage of run",
         description="Measure generation throughput with and without the KV cache, a pretraining step, one PPO "
         "iteration split into generation / scoring / bookkeeping / update, and the wall time of each stage of "
-        "`run` trained afresh. Prints tables and writes OUT/bench.json.",
+        "`run` trained afresh, and the FLOP/s of a pretraining step and a PPO update next to plain matrix products at "
+        "the same shapes. Prints tables and writes OUT/bench.json.",
     )
     p.add_argument("--preset", default="lesson", help="model and stage settings: lesson (default) or tiny")
     p.add_argument(

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -48,7 +49,13 @@ def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
 
 
 class MultiHeadAttention(nn.Module):
-    """Project to heads, attend, merge heads. ``keep_weights`` stores the last attention map."""
+    """Project to heads, attend, merge heads. ``keep_weights`` stores the last attention map.
+
+    Without ``keep_weights`` (and with ``fused`` left True) the same attention runs as torch's fused
+    ``F.scaled_dot_product_attention``: one op instead of five, equal to the from-scratch one up to
+    float rounding (tests/test_speed_paths.py)."""
+
+    fused = True  # class-wide switch; False always runs the from-scratch attention
 
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
@@ -70,9 +77,12 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.q_proj(x_q))
         if kv is None:
             kv = self.project_kv(x_q if x_kv is None else x_kv)
-        out, weights = scaled_dot_product_attention(q, kv[0], kv[1], mask)
-        if self.keep_weights:
-            self.last_weights = weights.detach()
+        if self.fused and not self.keep_weights:
+            out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        else:
+            out, weights = scaled_dot_product_attention(q, kv[0], kv[1], mask)
+            if self.keep_weights:
+                self.last_weights = weights.detach()
         batch, _, length, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
 

@@ -292,7 +292,7 @@ def ppo_update(agent: PPOAgent, optimizer, memory: PPOMemory, cfg: PPOConfig, ge
                 raise FloatingPointError(f"non-finite PPO loss in epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm, foreach=True)
             optimizer.step()
             epoch_stats.append(
                 {
@@ -340,7 +340,8 @@ class PPOTrainer:
         self.agent, self.cfg, self.device = agent.to(device), cfg, device
         self.reference = reference.to(device).eval().requires_grad_(False)
         self.reward_model = reward_model.to(device).eval()  # only used under no_grad: its flags stay the caller's
-        self.optimizer = torch.optim.Adam(agent.parameter_groups(cfg.ppo), eps=1e-5)
+        # fused: one kernel over all parameters instead of a dozen small ops per tensor (same maths)
+        self.optimizer = torch.optim.Adam(agent.parameter_groups(cfg.ppo), eps=1e-5, fused=True)
         self.controller = kl_controller(cfg.ppo)
         self.rng = random.Random(cfg.seed + 4)  # draws the source numbers
         self.rollout_generator = torch.Generator(device=device).manual_seed(cfg.seed + 4)  # samples answers

@@ -54,7 +54,8 @@ def pretrain(
     pcfg = cfg.pretrain
     rng = random.Random(cfg.seed)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay)
+    # fused: one kernel over all parameters instead of a dozen small ops per tensor (same maths)
+    opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, pcfg.steps, pcfg.warmup_steps))
     history: list[dict] = []
     bar = progress_bar(range(pcfg.steps), desc="pretrain", enabled=progress)
@@ -65,7 +66,7 @@ def pretrain(
             raise TrainingError("pretrain", step, history[-1] if history else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip, foreach=True)
         history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
         opt.step()
         sched.step()

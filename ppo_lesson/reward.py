@@ -124,7 +124,7 @@ def train_reward_model(
     rcfg = cfg.reward
     train, heldout = split_pairs({k: v.to(device) for k, v in pairs.items()}, rcfg.heldout_fraction, cfg.seed)
     rm.to(device)
-    opt = torch.optim.Adam(rm.parameters(), lr=rcfg.lr)
+    opt = torch.optim.Adam(rm.parameters(), lr=rcfg.lr, fused=True)  # one kernel for all parameters
     n = len(train["src"])
     steps_per_epoch = max(1, -(-n // rcfg.batch_size))
     gen = torch.Generator().manual_seed(cfg.seed + 2)

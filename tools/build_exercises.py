@@ -25,7 +25,7 @@ c = get_config()  # noqa: F821 (nbgrader provides it)
 c.CourseDirectory.course_id = "ppo-lesson"
 # An unsolved exercise raises NotImplementedError with its number and what to write (ppo_lesson.checks.todo).
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\\nraise NotImplementedError(checks.todo())"}
-# Notebook 02 trains the policy when the stage cache is empty (about a minute); graded cells take < 5 s.
+# Notebook 02 trains the policy in one cell (about a minute); the graded cells take well under 5 s.
 c.Execute.timeout = 600
 """
 

@@ -6,7 +6,8 @@
 3. autograding executes every cell of the submitted student version, so the untouched run also shows what a
    student who is stuck sees: its only errors must be the checks of the unsolved exercises, each saying
    "not done yet", and the solved run must have no error at all.
-The two submissions are graded in parallel (two course copies, one gradebook each). Prints the scores."""
+The two submissions are graded in parallel (two course copies, one gradebook each), after the stage cache
+is filled once. Prints the scores and the seconds each step took."""
 
 from __future__ import annotations
 
@@ -147,6 +148,20 @@ def report(solved: tuple, untouched: tuple, seconds: dict) -> None:
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
 
+def fill_stage_cache() -> None:
+    """Train (or find cached) the policy and reward model the notebooks load, once, before the two
+    submissions run side by side: otherwise both would train them. One thread, like the notebooks."""
+    import torch
+
+    from ppo_lesson.config import lesson_config
+    from ppo_lesson.pipeline import pretrained_policy, trained_reward_model
+
+    torch.set_num_threads(1)
+    cfg = lesson_config()
+    policy, _ = pretrained_policy(cfg, progress=False)
+    trained_reward_model(cfg, policy, progress=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="keep the course folders here instead of a temporary folder")
@@ -164,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds["generate"] = time.perf_counter() - start
     for student, course in courses.items():
         submit(course, student, fill_in=student == "solved")
+    start_cache = time.perf_counter()
+    fill_stage_cache()
+    seconds["stage cache"] = time.perf_counter() - start_cache
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {student: pool.submit(autograde, course, student) for student, course in courses.items()}
         seconds.update({f"autograde {student}": f.result() for student, f in futures.items()})

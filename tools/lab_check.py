@@ -63,6 +63,11 @@ JS_CELLS = """() => {
   const model = panel.content.model.toJSON();
   const nodes = [...panel.node.querySelectorAll('.jp-Notebook .jp-Cell')];
   const text = el => (el.innerText || '').trim();
+  const describeError = o => {  // the exception and the line that raised it (the last '---->' of the traceback)
+    const lines = (o.traceback || []).join('\\n').replace(/\\u001b\\[[0-9;]*m/g, '').split('\\n');
+    const raised = lines.filter(l => l.trim().startsWith('---->')).pop();
+    return o.ename + ': ' + o.evalue + (raised ? ' (at ' + raised.trim() + ')' : '');
+  };
   return nodes.map((node, i) => {
     const cellModel = model.cells[i] || {};
     const outputs = cellModel.outputs || [];
@@ -70,7 +75,7 @@ JS_CELLS = """() => {
     const source = Array.isArray(cellModel.source) ? cellModel.source.join('') : (cellModel.source || '');
     const report = {index: i, type: cellModel.cell_type, firstLine: source.split('\\n')[0], pngs: 0, widgetViews: 0,
                     unrendered: [], mismatch: children.length !== outputs.length, tracebacks: [],
-                    errorOutputs: outputs.filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue)};
+                    errorOutputs: outputs.filter(o => o.output_type === 'error').map(describeError)};
     outputs.forEach((output, j) => {
       const data = output.data || {};
       const child = children[j];
