@@ -494,3 +494,28 @@ def test_finetune_ppo_tiny_run_history(tiny_cfg, tiny_policy, tiny_reward_model)
     assert history[0]["kl"] == 0.0  # the first rollout is sampled before any update
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters(), strict=True))
     assert all(not p.requires_grad for p in reference.parameters())
+
+
+def test_collect_rollouts_charges_the_kl_penalty_in_the_rewards(tiny_cfg, tiny_policy, tiny_reward_model):
+    """The rewards collect_rollouts stores are -kl_beta * (log p - log p_ref) on every real token plus the
+    reward model's score on the last one, rebuilt here from the policy, the reference and the reward model:
+    a rollout that silently dropped the penalty (or used another kl_beta) would differ."""
+    agent = PPOAgent(copy.deepcopy(tiny_policy))
+    reference = copy.deepcopy(tiny_policy)
+    with torch.no_grad():
+        reference.lm_head.bias.add_(torch.randn_like(reference.lm_head.bias))
+    src = encode_numbers(sample_numbers(32, tiny_cfg.task, random.Random(0)))
+    memory, _ = collect_rollouts(
+        agent, reference, tiny_reward_model, src, tiny_cfg, 0.3, torch.Generator().manual_seed(0)
+    )
+    d = memory.data
+    with torch.no_grad():
+        logp, _, _ = tiny_policy.score_tokens(d["src"], d["tokens"], tiny_cfg.ppo.temperature)
+        ref_logp, _, _ = reference.score_tokens(d["src"], d["tokens"], tiny_cfg.ppo.temperature)
+        scores = tiny_reward_model.score(d["src"], d["tokens"], d["mask"])
+    last = d["mask"].sum(1).long() - 1
+    expected = -0.3 * (logp - ref_logp) * d["mask"]
+    expected[torch.arange(len(last)), last] += scores
+    assert_close(d["rewards"], expected, rtol=1e-5, atol=1e-6)
+    score_only = torch.zeros_like(expected).index_put_((torch.arange(len(last)), last), scores)
+    assert (expected - score_only).abs().max() > 1e-3  # the penalty is really there to be dropped
