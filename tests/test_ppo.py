@@ -350,15 +350,21 @@ def test_collect_rollouts_kl_zero_with_identical_reference(tiny_cfg, tiny_policy
     a perturbed reference reports kl > 0 (so the statistic is live)."""
     _, _, _, _, stats = _rollout(tiny_policy, tiny_reward_model, tiny_cfg)
     assert stats["kl"] == 0.0 and stats["kl_k3"] == 0.0
-    agent = PPOAgent(copy.deepcopy(tiny_policy))
-    reference = copy.deepcopy(tiny_policy)
+    _, _, stats = _rollout_against_perturbed_reference(tiny_cfg, tiny_policy, tiny_reward_model, kl_beta=0.1)
+    assert stats["kl"] > 0 and stats["kl_k3"] > 0
+
+
+def _rollout_against_perturbed_reference(cfg, policy, reward_model, kl_beta):
+    """(reference, memory, stats) of one rollout of a copy of ``policy`` against a reference whose output
+    bias was nudged at random, so the two policies differ."""
+    agent = PPOAgent(copy.deepcopy(policy))
+    reference = copy.deepcopy(policy)
     with torch.no_grad():
         reference.lm_head.bias.add_(torch.randn_like(reference.lm_head.bias))
-    src = encode_numbers(sample_numbers(32, tiny_cfg.task, random.Random(0)))
-    _, stats = collect_rollouts(
-        agent, reference, tiny_reward_model, src, tiny_cfg, 0.1, torch.Generator().manual_seed(0)
-    )
-    assert stats["kl"] > 0 and stats["kl_k3"] > 0
+    src = encode_numbers(sample_numbers(32, cfg.task, random.Random(0)))
+    generator = torch.Generator().manual_seed(0)
+    memory, stats = collect_rollouts(agent, reference, reward_model, src, cfg, kl_beta, generator)
+    return reference, memory, stats
 
 
 # -------------------------------------------------------------------- small pieces
@@ -500,14 +506,7 @@ def test_collect_rollouts_charges_the_kl_penalty_in_the_rewards(tiny_cfg, tiny_p
     """The rewards collect_rollouts stores are -kl_beta * (log p - log p_ref) on every real token plus the
     reward model's score on the last one, rebuilt here from the policy, the reference and the reward model:
     a rollout that silently dropped the penalty (or used another kl_beta) would differ."""
-    agent = PPOAgent(copy.deepcopy(tiny_policy))
-    reference = copy.deepcopy(tiny_policy)
-    with torch.no_grad():
-        reference.lm_head.bias.add_(torch.randn_like(reference.lm_head.bias))
-    src = encode_numbers(sample_numbers(32, tiny_cfg.task, random.Random(0)))
-    memory, _ = collect_rollouts(
-        agent, reference, tiny_reward_model, src, tiny_cfg, 0.3, torch.Generator().manual_seed(0)
-    )
+    reference, memory, _ = _rollout_against_perturbed_reference(tiny_cfg, tiny_policy, tiny_reward_model, kl_beta=0.3)
     d = memory.data
     with torch.no_grad():
         logp, _, _ = tiny_policy.score_tokens(d["src"], d["tokens"], tiny_cfg.ppo.temperature)
