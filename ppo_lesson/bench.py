@@ -19,7 +19,7 @@ except the per-iteration means of table 3 and the single runs of table 4.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import random
 import time
@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from .config import Config, get_preset
+from .evaluate import best_seconds, generation_speed
+from .stages import seed_for
 
 LENGTHS = (8, 16, 32, 64)
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear")  # + fused attention: profiled_matmul_seconds
@@ -75,10 +77,10 @@ def plain_matmul_seconds(shapes, repeats: int = 5) -> float:
     for count, m, k, n in shapes:
         if count <= 4:  # a few large products (the q, k, v, out projections): mm, count times
             a, b = torch.randn(m, k), torch.randn(k, n)
-            total += count * _best_seconds(lambda a=a, b=b: torch.mm(a, b), repeats)
+            total += count * best_seconds(lambda a=a, b=b: torch.mm(a, b), repeats)
         else:  # many small ones (attention per example and head): one bmm
             a, b = torch.randn(count, m, k), torch.randn(count, k, n)
-            total += _best_seconds(lambda a=a, b=b: torch.bmm(a, b), repeats)
+            total += best_seconds(lambda a=a, b=b: torch.bmm(a, b), repeats)
     return total
 
 
@@ -115,42 +117,6 @@ def distance_to_limit(flops: float, seconds: float, shapes, seconds_in_matmuls, 
     }
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls allocate
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def bench_generation(cfg: Config, lengths=LENGTHS, batch: int = 128, repeats: int = 5, device="cpu") -> list[dict]:
-    """Tokens per second of ``generate`` with and without the KV cache, for answers of each length."""
-    from .model import Seq2SeqTransformer
-    from .task import EOS_ID, encode_numbers, sample_numbers
-
-    torch.manual_seed(cfg.seed)
-    model_cfg = dataclasses.replace(cfg.model, max_len=max(cfg.model.max_len, max(lengths) + 1))
-    model = Seq2SeqTransformer(model_cfg).to(device).eval()
-    with torch.no_grad():
-        model.lm_head.bias[EOS_ID] = -1e4  # never stop early: every answer is exactly `length` tokens
-    src = encode_numbers(sample_numbers(batch, cfg.task, random.Random(cfg.seed))).to(device)
-    rows = []
-    for length in lengths:
-        row = {"length": length, "batch": batch}
-        for use_cache in (True, False):
-            gen = torch.Generator(device=device).manual_seed(cfg.seed)
-            run = lambda n=length, c=use_cache, g=gen: model.generate(src, n, use_cache=c, generator=g)  # noqa: E731
-            seconds = _best_seconds(run, repeats)
-            key = "cache" if use_cache else "no_cache"
-            row[f"seconds_{key}"] = seconds
-            row[f"tokens_per_s_{key}"] = batch * length / seconds
-        row["speedup"] = row["seconds_no_cache"] / row["seconds_cache"]
-        rows.append(row)
-    return rows
-
-
 def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
     """Milliseconds per pretraining step: sampling the supervised batch, and forward + backward + Adam."""
     from .model import Seq2SeqTransformer
@@ -163,7 +129,7 @@ def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain.lr, fused=True)  # as pretrain() builds it
     batches = []
     sample = lambda: batches.append(supervised_batch(cfg.pretrain.batch_size, cfg.task, rng))  # noqa: E731
-    seconds_batch = _best_seconds(lambda: [sample() for _ in range(steps)], 2) / steps
+    seconds_batch = best_seconds(lambda: [sample() for _ in range(steps)], 2) / steps
     src, tgt = (t.to(device) for t in batches[0])
 
     def train_steps():
@@ -175,7 +141,7 @@ def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
             opt.step()
             loss.item()
 
-    seconds_step = _best_seconds(train_steps, 2) / steps
+    seconds_step = best_seconds(train_steps, 2) / steps
     total = seconds_batch + seconds_step
     shapes = matmul_shapes(cfg.model, src.size(0), src.size(1), tgt.size(1))
     flops = 3 * matmul_flops(shapes)  # forward + backward (twice the forward's products)
@@ -191,96 +157,78 @@ def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
     }
 
 
-class _PhaseTimer:
-    """Adds the time spent inside wrapped callables to named phases while ``active``."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.active = True
-
-    def wrap(self, phase: str, fn):
-        def timed(*args, **kwargs):
-            if not self.active:
-                return fn(*args, **kwargs)
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-        return timed
-
-
 def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10, device="cpu") -> dict:
-    """Milliseconds per PPO iteration in each phase, over ``iterations`` real iterations of the loop
-    (the same ``collect_rollouts`` and ``ppo_update`` that ``finetune_ppo`` runs)."""
-    import copy
+    """Milliseconds per PPO iteration in each phase, over ``iterations`` iterations of the same
+    ``PPOTrainer`` that ``finetune_ppo`` runs (its setup, seeds and code), with the rollout and the
+    update timed apart. Generation and scoring are timed once more alone, on the rollout's own sources
+    and answers; bookkeeping is the rest of the rollout."""
+    from .finetune import PPOAgent, PPOTrainer
+    from .task import gold_scores
 
-    from .ppo import PPOAgent, collect_rollouts, kl_controller, ppo_update
-    from .task import encode_numbers, gold_scores, sample_numbers
-
-    pcfg = cfg.ppo
-    torch.manual_seed(cfg.seed + 2)
-    reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
-    reward_model = copy.deepcopy(reward_model).to(device).eval().requires_grad_(False)
-    agent = PPOAgent(copy.deepcopy(policy).to(device))
-    optimizer = torch.optim.Adam(agent.parameter_groups(pcfg), eps=1e-5, fused=True)  # as PPOTrainer builds it
-    controller = kl_controller(pcfg)
-    rng, gen = random.Random(cfg.seed + 4), torch.Generator(device=device).manual_seed(cfg.seed + 4)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 5)
-    timer = _PhaseTimer()
-    agent.policy.generate = timer.wrap("generation", agent.policy.generate)
-    agent.forward = timer.wrap("scoring", agent.forward)  # only its no-grad rollout calls: see `active`
-    reference.score_tokens = timer.wrap("scoring", reference.score_tokens)
-    reward_model.score = timer.wrap("scoring", reward_model.score)
-    rollout_s = update_s = gold_s = update_flops = 0.0
-    epochs = []
+    ppo_cfg = cfg.ppo
+    torch.manual_seed(seed_for(cfg, "ppo_setup"))
+    agent = PPOAgent(copy.deepcopy(policy))
+    trainer = PPOTrainer(agent, copy.deepcopy(policy), copy.deepcopy(reward_model), cfg, device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    seconds = dict.fromkeys(("rollout", "generation", "scoring", "update", "gold"), 0.0)
+    update_flops = 0.0
     for _ in range(iterations):
-        src = encode_numbers(sample_numbers(pcfg.rollout_batch, cfg.task, rng)).to(device)
-        timer.active = True
         start = time.perf_counter()
-        memory, stats = collect_rollouts(agent, reference, reward_model, src, cfg, controller.value, gen)
-        rollout_s += time.perf_counter() - start
-        timer.active = False
+        memory, rollout = trainer.rollout()
+        seconds["rollout"] += time.perf_counter() - start
         start = time.perf_counter()
-        updates = ppo_update(agent, optimizer, memory, pcfg, shuffle_gen)
-        update_s += time.perf_counter() - start
-        controller.update(stats["kl"], pcfg.rollout_batch)
-        epochs.append(updates[-1]["epoch"] + 1)
-        src_len, tgt_len = memory.data["src"].size(1), memory.data["tokens"].size(1)
-        update_shapes = matmul_shapes(cfg.model, pcfg.rollout_batch, src_len, tgt_len, value_head=True)
-        update_flops += epochs[-1] * 3 * matmul_flops(update_shapes)  # every episode once per epoch run
-        tokens, mask = memory.data["tokens"].cpu(), memory.data["mask"].cpu()
-        start = time.perf_counter()
-        gold_scores(src.cpu(), tokens, mask, cfg.task)  # once more, alone: the Python part of bookkeeping
-        gold_s += time.perf_counter() - start
-    generation, scoring = timer.seconds.get("generation", 0.0), timer.seconds.get("scoring", 0.0)
+        row = trainer.learn(memory, rollout)
+        seconds["update"] += time.perf_counter() - start
+        src, tokens, mask = memory.data["src"], memory.data["tokens"], memory.data["mask"]
+        max_len, temperature = cfg.task.max_target_len, ppo_cfg.temperature
+        seconds["generation"] += _seconds(agent.policy.generate, src, max_len, temperature, generator=generator)
+        seconds["scoring"] += _seconds(_score_rollout, trainer, src, tokens, mask)
+        seconds["gold"] += _seconds(gold_scores, src, tokens, mask, cfg.task)
+        shapes = matmul_shapes(cfg.model, ppo_cfg.rollout_batch, src.size(1), tokens.size(1), value_head=True)
+        update_flops += row["epochs_run"] * 3 * matmul_flops(shapes)  # every episode once per epoch run
     phases = {
-        "generation": generation,
-        "scoring": scoring,
-        "bookkeeping": max(0.0, rollout_s - generation - scoring),
-        "update": update_s,
+        "generation": seconds["generation"],
+        "scoring": seconds["scoring"],
+        "bookkeeping": max(0.0, seconds["rollout"] - seconds["generation"] - seconds["scoring"]),
+        "update": seconds["update"],
     }
     total = sum(phases.values())
-
-    def update_matmul_s():  # one more update on the last rollout, profiled
-        return profiled_matmul_seconds(lambda: ppo_update(agent, optimizer, memory, pcfg, shuffle_gen))
-
-    minibatch_shapes = matmul_shapes(cfg.model, pcfg.rollout_batch // pcfg.minibatches, src_len, tgt_len, True)
+    minibatch_shapes = matmul_shapes(
+        cfg.model, ppo_cfg.rollout_batch // ppo_cfg.minibatches, src.size(1), tokens.size(1), True
+    )
     return {
         "limit": distance_to_limit(
-            update_flops / iterations, update_s / iterations, minibatch_shapes, update_matmul_s, device
+            update_flops / iterations,
+            seconds["update"] / iterations,
+            minibatch_shapes,
+            lambda: profiled_matmul_seconds(lambda: trainer.learn(memory, rollout)),  # one more update, profiled
+            device,
         ),
         "iterations": iterations,
-        "rollout_batch": pcfg.rollout_batch,
-        "updates_per_iteration": f"{pcfg.epochs} epochs x {pcfg.minibatches} minibatches (early stop at "
-        f"approx_kl > {pcfg.target_kl})",
-        "mean_epochs_run": sum(epochs) / len(epochs),
+        "rollout_batch": ppo_cfg.rollout_batch,
+        "updates_per_iteration": f"{ppo_cfg.epochs} epochs x {ppo_cfg.minibatches} minibatches (early stop at "
+        f"approx_kl > {ppo_cfg.target_kl})",
+        "mean_epochs_run": sum(r["epochs_run"] for r in trainer.history) / len(trainer.history),
         "ms": {k: 1000 * v / iterations for k, v in phases.items()},
         "share": {k: v / total for k, v in phases.items()},
-        "gold_scoring_ms": 1000 * gold_s / iterations,
+        "gold_scoring_ms": 1000 * seconds["gold"] / iterations,
         "iteration_ms": 1000 * total / iterations,
     }
+
+
+@torch.no_grad()
+def _score_rollout(trainer, src, tokens, mask) -> None:
+    """The three teacher-forced passes of ``collect_rollouts``: policy and value, reference, reward model."""
+    temperature = trainer.cfg.ppo.temperature
+    trainer.agent(src, tokens, temperature)
+    trainer.reference.score_tokens(src, tokens, temperature)
+    trainer.reward_model.score(src, tokens, mask)
+
+
+def _seconds(fn, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
 
 
 def bench_stages(cfg: Config, device="cpu", progress: bool = True) -> tuple[dict, object, object]:
@@ -291,10 +239,10 @@ def bench_stages(cfg: Config, device="cpu", progress: bool = True) -> tuple[dict
 
     seconds = {}
     start = time.perf_counter()
-    policy, pre = pretrained_policy(cfg, device=device, reuse=False, progress=progress)
-    seconds["pretrain"] = pre["seconds"]
-    rm, rew = trained_reward_model(cfg, policy, device=device, reuse=False, progress=progress)
-    seconds["reward_model"] = rew["seconds"]
+    policy, pretrain_info = pretrained_policy(cfg, device=device, reuse=False, progress=progress)
+    seconds["pretrain"] = pretrain_info["seconds"]
+    rm, reward_info = trained_reward_model(cfg, policy, device=device, reuse=False, progress=progress)
+    seconds["reward_model"] = reward_info["seconds"]
     t = time.perf_counter()
     evaluate_policy(policy, cfg, reference=policy, reward_model=rm, samples_per_number=16)
     seconds["evaluate_before"] = time.perf_counter() - t
@@ -327,7 +275,7 @@ def run_bench(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "generation": bench_generation(cfg, lengths, batch, repeats, device),
+        "generation": generation_speed(cfg, lengths, batch, repeats, device),
         "pretrain_step": bench_pretrain_step(cfg, device=device),
     }
     if stages:
@@ -408,36 +356,3 @@ def bench_command(args) -> dict:
     print(format_tables(result))
     print(f"\nwrote {out}")
     return result
-
-
-def add_parser(sub, add_common, positive_int) -> None:
-    """The ``bench`` subcommand."""
-    p = sub.add_parser(
-        "bench",
-        help="speed: generation with and without the KV cache, one PPO iteration split up, each stage of run",
-        description="Measure generation throughput with and without the KV cache, a pretraining step, one PPO "
-        "iteration split into generation / scoring / bookkeeping / update, and the wall time of each stage of "
-        "`run` trained afresh, and the FLOP/s of a pretraining step and a PPO update next to plain matrix products at "
-        "the same shapes. Prints tables and writes OUT/bench.json.",
-    )
-    p.add_argument("--preset", default="lesson", help="model and stage settings: lesson (default) or tiny")
-    p.add_argument(
-        "--lengths",
-        type=positive_int,
-        nargs="+",
-        default=list(LENGTHS),
-        help=f"answer lengths in tokens for the generation table (default: {' '.join(map(str, LENGTHS))})",
-    )
-    p.add_argument("--batch", type=positive_int, default=128, help="answers generated at once (default: 128)")
-    p.add_argument(
-        "--repeats", type=positive_int, default=5, help="timed repeats per measurement, best kept (default: 5)"
-    )
-    p.add_argument("--iterations", type=positive_int, default=10, help="PPO iterations timed in table 3 (default: 10)")
-    p.add_argument(
-        "--skip-stages",
-        action="store_true",
-        help="skip table 4 (training every stage afresh, about 2 minutes for the lesson); table 3 then uses "
-        "the cached stages",
-    )
-    add_common(p, "runs/bench")
-    p.set_defaults(handler=bench_command)

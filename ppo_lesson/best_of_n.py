@@ -87,7 +87,7 @@ def best_of_n_curve(policy, reward_model, cfg: Config, bon_cfg: BestOfNConfig) -
         width = cfg.task.max_target_len  # pad every chunk to one width so they concatenate
         tokens.append(F.pad(out.tokens, (0, width - out.tokens.size(1))).cpu())
         scores.append(reward_model.score(chunk, out.tokens, out.mask).cpu())
-        gold.append(gold_scores(chunk.cpu(), out.tokens.cpu(), out.mask.cpu(), cfg.task))
+        gold.append(gold_scores(chunk, out.tokens, out.mask, cfg.task))
     tokens, scores, gold = torch.cat(tokens), torch.cat(scores), torch.cat(gold)
     answers = [tuple(t) for t in tokens.tolist()]  # token ids, not text: an answer cut off before EOS differs
     numbers = [number for number in source_numbers(src.cpu()) for _ in range(bon_cfg.max_n)]

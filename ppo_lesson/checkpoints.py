@@ -16,18 +16,12 @@ from pathlib import Path
 import torch
 
 from .config import Config
+from .errors import CheckpointError
+from .stages import code_fingerprint, stage_key
 
 FORMAT_VERSION = 1
 STALE_TMP_SECONDS = 600  # a save takes about a second: a .tmp untouched this long was left by a killed one
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_STAGE_CODE = {
-    "pretrain": ("config.py", "task.py", "model.py", "pretrain.py"),
-    "reward": ("config.py", "task.py", "model.py", "pretrain.py", "reward.py"),
-}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used here: wrong kind, wrong config, or not a checkpoint."""
+_CHECKOUT = Path(__file__).resolve().parent.parent  # the default cache lives in the checkout
 
 
 def save_checkpoint(path, state_dict: dict, cfg: Config, kind: str, extra: dict | None = None) -> Path:
@@ -132,7 +126,7 @@ def load_checkpoint(path, kind: str, cfg: Config | None = None, sections=("model
 def cache_root() -> Path:
     """Where stage results are cached: $PPO_LESSON_CACHE, else ``.cache/`` in the checkout."""
     env = os.environ.get("PPO_LESSON_CACHE")
-    return Path(env) if env else _PACKAGE_DIR.parent / ".cache"
+    return Path(env) if env else _CHECKOUT / ".cache"
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -144,16 +138,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def code_fingerprint(stage: str) -> str:
-    """Hash of the source files whose code decides a stage's result."""
-    digest = hashlib.sha256()
-    for name in _STAGE_CODE[stage]:
-        digest.update((_PACKAGE_DIR / name).read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def stage_path(cfg: Config, stage: str) -> Path:
     """The cache file of a stage for this config, this code and this thread count (float sums
     are split differently across threads, so the weights differ in the last bits)."""
-    key = f"{cfg.stage_key(stage)}-{code_fingerprint(stage)}-t{torch.get_num_threads()}"
+    key = f"{stage_key(cfg, stage)}-{code_fingerprint(stage)}-t{torch.get_num_threads()}"
     return cache_root() / f"{stage}-{key}.pt"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import numbers
 import typing
@@ -102,7 +100,8 @@ class PretrainConfig:
 class RewardConfig:
     """Bradley-Terry reward model trained on preference pairs labelled by the gold scorer."""
 
-    n_pairs: int = 8000  # preference pairs sampled from the pretrained policy
+    n_pairs: int = 4000  # preference pairs sampled from the pretrained policy (8000 gave the same held-out
+    # accuracy to within 0.03 on seeds 0-2, in twice the time)
     heldout_fraction: float = 0.2  # share of pairs kept for measuring accuracy
     label_noise: float = 0.0  # probability that a human label is flipped
     pair_temperature: float = 1.3  # sampling temperature of the answers the human compares: above 1,
@@ -134,11 +133,13 @@ class PPOConfig:
 
     iterations: int = 60  # rollout + update cycles
     rollout_batch: int = 128  # targets sampled per iteration
-    epochs: int = 4  # K: passes over each rollout
-    minibatches: int = 4  # minibatches per pass
-    lr: float = 3e-5  # Adam learning rate (eps 1e-5)
+    epochs: int = 2  # K: passes over each rollout
+    minibatches: int = 2  # minibatches per pass: K x M = 4 gradient steps on every batch of answers
+    lr: float = 1e-4  # Adam learning rate (eps 1e-5). 2 x 2 steps at 1e-4 learn as much per sampled answer as
+    # 4 x 4 at 3e-5 did (measured on seeds 0-2: the same plateau, a little lower over the first 10 iterations)
+    # in half the time: an update step costs about as much at 64 answers as at 32 on a CPU
     value_lr: float = 3e-3  # Adam learning rate of the value head alone. Adam moves each weight by about lr
-    # per step, so at the policy's 3e-5 the zero-initialized head hardly leaves 0 in a whole run (explained
+    # per step, so at the policy's 1e-4 the zero-initialized head hardly leaves 0 in a whole run (explained
     # variance stays near 0); the critic needs steps that matter next to returns of size ~1. Usually 1e-3 to 1e-2
     clip_eps: float = 0.2  # epsilon of the clipped surrogate
     value_clip: float = 0.2  # clip of the value update around the old values
@@ -204,7 +205,7 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything one run needs. ``stage_key`` hashes the parts a stage depends on."""
+    """Everything one run needs."""
 
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -236,16 +237,6 @@ class Config:
             for name, value in sections.items()
         }
         return dataclasses.replace(self, **changes)
-
-    def stage_key(self, stage: str) -> str:
-        """Hash of the settings a stage's result depends on (used to name cached checkpoints)."""
-        parts = {"pretrain": ["task", "model", "pretrain"], "reward": ["task", "model", "pretrain", "reward"]}
-        if stage not in parts:
-            raise ValueError(f"stage_key: stage must be one of {sorted(parts)}, got {stage!r}")
-        payload = {name: dataclasses.asdict(getattr(self, name)) for name in parts[stage]}
-        payload["seed"] = self.seed
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict) -> Config:

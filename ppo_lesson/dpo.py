@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, _check
+from .errors import TrainingError
 from .evaluate import evaluate_policy
 from .model import Seq2SeqTransformer
-from .pretrain import TrainingError
 from .progress import progress_bar
 from .reward import answer_mask
+from .stages import seed_for
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def finetune_dpo(
     reference.to(device).eval()
     ref = reference_logprobs(reference, pairs)
     optimizer = torch.optim.Adam(policy.parameters(), lr=dpo_cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 6)
+    gen = torch.Generator().manual_seed(seed_for(cfg, "dpo_order"))
     steps_per_epoch = -(-n // dpo_cfg.batch_size)
     eval_every = max(1, steps_per_epoch // dpo_cfg.evaluations_per_epoch)
     history, window, start = [_evaluation(policy, reference, cfg, dpo_cfg, 0, 0.0, [])], [], time.perf_counter()

@@ -1,21 +1,17 @@
-"""Sample-based metrics of a policy: gold and proxy reward, validity, KL to the reference, diversity."""
+"""Sample-based metrics of a policy: gold and proxy reward, validity, KL to the reference, diversity;
+and how fast it generates, with and without the KV cache."""
 
 from __future__ import annotations
+
+import dataclasses
+import random
+import time
 
 import torch
 
 from .config import Config
 from .model import Seq2SeqTransformer
-from .task import decode, encode_numbers, gold_scores, source_numbers
-
-
-def trailing_mean(values: list[float], window: int) -> list[float]:
-    """Mean of the last ``window`` values at each point (fewer at the start): smooths noisy curves."""
-    out = []
-    for i in range(len(values)):
-        chunk = values[max(0, i + 1 - window) : i + 1]
-        out.append(sum(chunk) / len(chunk))
-    return out
+from .task import EOS_ID, decode, encode_numbers, gold_scores, sample_numbers, source_numbers
 
 
 def evaluation_sources(cfg: Config, samples_per_number: int = 8) -> torch.Tensor:
@@ -46,7 +42,7 @@ def evaluate_policy(
     src = evaluation_sources(cfg, samples_per_number).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = policy.eval().generate(src, cfg.task.max_target_len, temperature=temperature, generator=gen)
-    gold = gold_scores(src.cpu(), out.tokens.cpu(), out.mask.cpu(), cfg.task)
+    gold = gold_scores(src, out.tokens, out.mask, cfg.task)
     valid = gold > -1
     answers = [decode(t) for t in out.tokens.cpu()]
     numbers = source_numbers(src.cpu())
@@ -79,12 +75,46 @@ def sample_table(policy: Seq2SeqTransformer, cfg: Config, numbers, seed: int = 0
     src = encode_numbers(list(numbers)).to(policy.device)
     gen = torch.Generator(device=policy.device).manual_seed(seed)
     out = policy.eval().generate(src, cfg.task.max_target_len, generator=gen)
-    gold = gold_scores(src.cpu(), out.tokens.cpu(), out.mask.cpu(), cfg.task)
+    gold = gold_scores(src, out.tokens, out.mask, cfg.task)
     proxy = reward_model.score(src, out.tokens, out.mask).tolist() if reward_model is not None else None
     rows = []
     for i, n in enumerate(numbers):
         row = {"N": int(n), "answer": decode(out.tokens[i].cpu()), "gold": round(gold[i].item(), 3)}
         if proxy is not None:
             row["proxy"] = round(proxy[i], 3)
+        rows.append(row)
+    return rows
+
+
+def best_seconds(fn, repeats: int, *args, **kwargs) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn(*args, **kwargs)`` after one warm-up call (the
+    least disturbed by other work on the machine)."""
+    fn(*args, **kwargs)  # warm-up: first calls allocate
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def generation_speed(cfg: Config, lengths=(4, 8, 16, 32), batch: int = 128, repeats: int = 5, device="cpu") -> list:
+    """Tokens per second of ``generate`` with and without the KV cache, for answers of each length, on a
+    model of ``cfg.model``'s size with random weights and EOS suppressed (every answer has exactly the
+    asked-for length). One row per length: seconds and tokens/s of each, and the speedup."""
+    torch.manual_seed(cfg.seed)
+    model_cfg = dataclasses.replace(cfg.model, max_len=max(cfg.model.max_len, max(lengths) + 1))
+    model = Seq2SeqTransformer(model_cfg).to(device).eval()
+    model.lm_head.bias[EOS_ID] = -1e4  # never stop early
+    src = encode_numbers(sample_numbers(batch, cfg.task, random.Random(cfg.seed))).to(device)
+    rows = []
+    for length in lengths:
+        row = {"length": length, "batch": batch}
+        for use_cache, key in ((True, "cache"), (False, "no_cache")):
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            seconds = best_seconds(model.generate, repeats, src, length, use_cache=use_cache, generator=generator)
+            row[f"seconds_{key}"], row[f"tokens_per_s_{key}"] = seconds, batch * length / seconds
+        row["speedup"] = row["seconds_no_cache"] / row["seconds_cache"]
         rows.append(row)
     return rows

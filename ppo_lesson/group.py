@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from .config import Config, _check
+from .errors import TrainingError
+from .finetune import PPOMemory
 from .model import Seq2SeqTransformer
-from .ppo import PPOMemory, clipped_surrogate_loss, masked_mean, policy_diagnostics
-from .pretrain import TrainingError
+from .ppo import clipped_surrogate_loss, masked_mean, policy_diagnostics
 from .progress import progress_bar
 from .reward import RewardModel
+from .stages import seed_for
 from .task import encode_numbers, gold_scores, sample_numbers
 
 
@@ -101,7 +103,7 @@ def sample_groups(policy, reference, reward_model, src, cfg: Config, gcfg: Group
         "ref_logprobs": ref_logprobs,
         "entropy": entropy,
         "scores": reward_model.score(src, out.tokens, out.mask),
-        "gold": gold_scores(src.cpu(), out.tokens.cpu(), out.mask.cpu(), cfg.task),
+        "gold": gold_scores(src, out.tokens, out.mask, cfg.task),
     }
 
 
@@ -164,7 +166,7 @@ def finetune_group(
     """The loop GRPO and RLOO share: sample groups, ``advantages_fn(batch)`` -> per-token advantages
     (N, T), then ``group_update``. Trains ``policy`` in place (the reference and reward model are
     only read). Returns one dict per iteration with PPO's rollout keys plus the update's means.
-    Seeds follow PPO's (cfg.seed + 4 for sources and sampling, + 5 for shuffling). Ctrl-C ends
+    Seeds follow PPO's (the "rollouts" and "minibatch_order" streams of ``stages.SEED_OFFSETS``). Ctrl-C ends
     the loop and returns the history so far (the interrupted iteration may be half applied)."""
     for arg, module in (("policy", policy), ("reference", reference), ("reward_model", reward_model)):
         if not isinstance(module, nn.Module):
@@ -175,9 +177,9 @@ def finetune_group(
     reference.to(device).eval()
     reward_model.to(device).eval()
     optimizer = torch.optim.Adam(policy.parameters(), lr=gcfg.lr, eps=1e-5)
-    rng = random.Random(cfg.seed + 4)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 4)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 5)
+    rng = random.Random(seed_for(cfg, "rollouts"))
+    gen = torch.Generator(device=device).manual_seed(seed_for(cfg, "rollouts"))
+    shuffle_gen = torch.Generator().manual_seed(seed_for(cfg, "minibatch_order"))
     history: list[dict] = []
     bar = progress_bar(range(gcfg.iterations), desc=name, enabled=progress)
     try:

@@ -269,7 +269,7 @@ class Seq2SeqTransformer(nn.Module):
                 for layer, kv in zip(self.decoder, memory_kv):
                     x = layer(x, kv, src_mask, self_mask)
             logits = self.next_token_logits(self.decoder_norm(x[:, -1])) / temperature
-            token, logprob = _pick(logits, top_k, greedy, generator)
+            token, logprob = _choose_next_token(logits, top_k, greedy, generator)
             alive = ~finished
             tokens.append(torch.where(alive, token, PAD_ID))
             logprobs.append(torch.where(alive, logprob, 0.0))
@@ -300,7 +300,7 @@ def top_k_filter(logits, top_k: int):
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def _pick(logits, top_k, greedy, generator):
+def _choose_next_token(logits, top_k, greedy, generator):
     logp = top_k_filter(logits, top_k).log_softmax(-1)
     if greedy:
         token = logp.argmax(-1)

@@ -17,8 +17,8 @@ from .checkpoints import (
 )
 from .config import Config, resolve_device, set_seed
 from .evaluate import evaluate_policy
+from .finetune import PPOAgent, finetune_ppo, load_ppo_checkpoint
 from .model import Seq2SeqTransformer
-from .ppo import PPOAgent, finetune_ppo, load_ppo_checkpoint
 from .pretrain import pretrain
 from .reward import (
     RewardModel,
@@ -27,6 +27,7 @@ from .reward import (
     reward_model_from_policy,
     train_reward_model,
 )
+from .stages import STAGES, seed_for
 
 
 def pretrained_policy(cfg: Config, device="cpu", reuse: bool = True, progress: bool = True, callback=None):
@@ -36,13 +37,13 @@ def pretrained_policy(cfg: Config, device="cpu", reuse: bool = True, progress: b
     state afterwards is the same either way, so what follows does not depend on the cache."""
     device = resolve_device(device)
     path = stage_path(cfg, "pretrain")
-    cached = _load_stage(path, "policy", cfg, ("task", "model", "pretrain"), Seq2SeqTransformer) if reuse else None
+    cached = _load_stage(path, "policy", cfg, STAGES["pretrain"].sections, Seq2SeqTransformer) if reuse else None
     if cached is not None:
         policy, payload = cached
         policy, info = policy.to(device), {**payload["extra"], "from_cache": True, "seconds": 0.0}
     else:
         check_writable_folder(path.parent, "PPO_LESSON_CACHE")
-        set_seed(cfg.seed)
+        set_seed(seed_for(cfg, "pretrain"))
         start = time.perf_counter()
         policy = Seq2SeqTransformer(cfg.model).to(device)
         history = pretrain(policy, cfg, device=device, callback=callback, progress=progress)
@@ -50,7 +51,7 @@ def pretrained_policy(cfg: Config, device="cpu", reuse: bool = True, progress: b
         extra = {"history": history, "metrics": evaluate_policy(policy, cfg), "train_seconds": seconds}
         _save_stage(path, policy, cfg, "policy", extra)
         info = {**extra, "from_cache": False, "seconds": seconds}
-    set_seed(cfg.seed)
+    set_seed(seed_for(cfg, "pretrain"))
     return policy.eval(), info
 
 
@@ -73,7 +74,8 @@ def trained_reward_model(
         raise ValueError(f"policy: expected a policy built with cfg.model, got one with {differences}")
     device = resolve_device(device)
     path = stage_path(cfg, "reward")
-    sections, made_from = ("task", "model", "pretrain", "reward"), {"policy_fingerprint": weights_fingerprint(policy)}
+    made_from = {"policy_fingerprint": weights_fingerprint(policy)}
+    sections = STAGES["reward"].sections
     cached = _load_stage(path, "reward_model", cfg, sections, RewardModel, made_from) if reuse else None
     if cached is not None:
         rm, payload = cached
@@ -84,7 +86,7 @@ def trained_reward_model(
             )
     else:
         check_writable_folder(path.parent, "PPO_LESSON_CACHE")
-        set_seed(cfg.seed + 1)
+        set_seed(seed_for(cfg, "preferences"))
         start = time.perf_counter()
         pairs = collect_preferences(policy, cfg, device=device)
         rm = reward_model_from_policy(policy) if cfg.reward.init_from_policy else RewardModel(cfg.model).to(device)
@@ -97,7 +99,7 @@ def trained_reward_model(
         result["train_seconds"] = time.perf_counter() - start
         _save_stage(path, rm, cfg, "reward_model", result)
         info = {**result, "from_cache": False, "seconds": result["train_seconds"]}
-    set_seed(cfg.seed + 1)
+    set_seed(seed_for(cfg, "preferences"))
     return rm.eval(), info
 
 
@@ -143,7 +145,7 @@ def run_ppo(
     frozen reference. ``checkpoint``: a path where ``finetune_ppo`` saves the whole training state
     after every iteration (continue it with ``resume_ppo``). Returns (agent, reference, history, seconds)."""
     device = resolve_device(device)
-    set_seed(cfg.seed + 2)
+    set_seed(seed_for(cfg, "ppo_setup"))
     reference = copy.deepcopy(policy).to(device).eval()
     agent = PPOAgent(copy.deepcopy(policy).to(device))
     start = time.perf_counter()

@@ -9,20 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .errors import TrainingError
 from .model import Seq2SeqTransformer, shift_right
 from .progress import progress_bar
+from .stages import seed_for
 from .task import PAD_ID, supervised_batch
-
-
-class TrainingError(RuntimeError):
-    """Training produced a non-finite loss; carries the step and the last good metrics."""
-
-    def __init__(self, stage: str, step: int, last_good: dict | None):
-        self.step, self.last_good = step, last_good
-        super().__init__(
-            f"{stage}: non-finite loss at step {step}; last good metrics: {last_good}. "
-            "Nothing was saved from this run; try a smaller learning rate."
-        )
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -51,26 +42,27 @@ def pretrain(
     """Train ``model`` in place; returns a history of {step, loss, lr}.
 
     ``callback(history)`` is called every 25 steps (a notebook can redraw a live curve)."""
-    pcfg = cfg.pretrain
-    rng = random.Random(cfg.seed)
+    pretrain_cfg = cfg.pretrain
+    rng = random.Random(seed_for(cfg, "pretrain"))
     model.to(device).train()
     # fused: one kernel over all parameters instead of a dozen small ops per tensor (same maths)
-    opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, pcfg.steps, pcfg.warmup_steps))
+    opt = torch.optim.Adam(model.parameters(), lr=pretrain_cfg.lr, weight_decay=pretrain_cfg.weight_decay, fused=True)
+    schedule = lambda step: warmup_cosine(step, pretrain_cfg.steps, pretrain_cfg.warmup_steps)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     history: list[dict] = []
-    bar = progress_bar(range(pcfg.steps), desc="pretrain", enabled=progress)
+    bar = progress_bar(range(pretrain_cfg.steps), desc="pretrain", enabled=progress)
     for step in bar:
-        src, tgt = (t.to(device) for t in supervised_batch(pcfg.batch_size, cfg.task, rng))
+        src, tgt = (t.to(device) for t in supervised_batch(pretrain_cfg.batch_size, cfg.task, rng))
         loss = teacher_forcing_loss(model, src, tgt)
         if not torch.isfinite(loss):
             raise TrainingError("pretrain", step, history[-1] if history else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), pretrain_cfg.grad_clip, foreach=True)
         history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == pcfg.steps - 1:
+        if step % 25 == 0 or step == pretrain_cfg.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if callback is not None:
                 callback(history)

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, ModelConfig
+from .errors import TrainingError
 from .model import Seq2SeqTransformer, check_tokens
-from .pretrain import TrainingError
 from .progress import progress_bar
+from .stages import seed_for
 from .task import BOS_ID, PAD_ID, encode_numbers, preference_pairs, sample_numbers
 
 
@@ -57,8 +58,8 @@ def bradley_terry_loss(r_chosen, r_rejected):
 def collect_preferences(policy: Seq2SeqTransformer, cfg: Config, device="cpu", batch_size: int = 512) -> dict:
     """Sample two answers per source from ``policy`` and label each pair with the gold scorer
     (ties dropped) until ``cfg.reward.n_pairs`` pairs are collected."""
-    rng = random.Random(cfg.seed + 1)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    rng = random.Random(seed_for(cfg, "preferences"))
+    gen = torch.Generator(device=device).manual_seed(seed_for(cfg, "preferences"))
     policy.eval()
     chunks, have = [], 0
     for _ in range(100):
@@ -127,7 +128,7 @@ def train_reward_model(
     opt = torch.optim.Adam(rm.parameters(), lr=rcfg.lr, fused=True)  # one kernel for all parameters
     n = len(train["src"])
     steps_per_epoch = max(1, -(-n // rcfg.batch_size))
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    gen = torch.Generator().manual_seed(seed_for(cfg, "reward_order"))
     history: list[dict] = []
     bar = progress_bar(desc="reward model", total=rcfg.epochs * steps_per_epoch, enabled=progress)
     for _ in range(rcfg.epochs):
@@ -169,8 +170,8 @@ def normalize_reward_model(
     ``temperature``: pass the temperature PPO samples at, so that its first rollouts score mean 0, std 1."""
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature: expected a positive float, got {temperature!r}")
-    rng = random.Random(cfg.seed + 3)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
+    rng = random.Random(seed_for(cfg, "normalization"))
+    gen = torch.Generator(device=device).manual_seed(seed_for(cfg, "normalization"))
     src = encode_numbers(sample_numbers(n, cfg.task, rng)).to(device)
     out = reference.eval().generate(src, cfg.task.max_target_len, temperature=temperature, generator=gen)
     raw = rm.eval()(src, out.tokens, out.mask)

@@ -136,8 +136,10 @@ def source_numbers(src: torch.Tensor) -> list[int]:
 def gold_scores(src: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, cfg: TaskConfig) -> torch.Tensor:
     """(batch,) gold scores of generated answers; an answer with no EOS inside ``mask`` is invalid.
 
-    src: (batch, src_len); tokens, mask: (batch, time) as returned by ``generate``.
+    src: (batch, src_len); tokens, mask: (batch, time) as returned by ``generate``, on any device
+    (the scoring is Python, so they are read on the CPU); the scores are on the CPU.
     """
+    src, tokens, mask = src.cpu(), tokens.cpu(), mask.cpu()
     finished = ended_with_eos(tokens, mask)
     scores = [
         gold_score(n, decode(t), cfg) if done else INVALID_SCORE

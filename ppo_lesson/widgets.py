@@ -21,30 +21,34 @@ import inspect
 import io
 import math
 import textwrap
+from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from . import plots, toys
+from . import toys
 from .model import MultiHeadAttention, Seq2SeqTransformer, shift_right, top_k_filter
+from .plots import objective, pretraining, transformer
 from .ppo import clipped_surrogate_loss
 from .task import BOS_ID, EOS, STOI, SYMBOLS, VOCAB, decode, encode, encode_numbers, gold_scores
+
+_CHECKOUT = Path(__file__).resolve().parent.parent  # source locations are given relative to it
 
 # ---- every notebook: the package's own source ----------------------------------------------
 
 
 def show_source(obj) -> Markdown:
-    """The source of a ``ppo_lesson`` function, class or method as a highlighted code block.
+    """The source of a ``ppo_lesson`` function, class or method as a highlighted code block, under a
+    header that says where it lives (``ppo_lesson/ppo.py:97`` and its name).
 
     Returns an ``IPython.display.Markdown`` object: the last line of a cell displays it."""
     try:
         source = textwrap.dedent(inspect.getsource(obj))
     except (TypeError, OSError) as err:
         raise TypeError(f"obj: expected a function, class or method defined in a file, got {obj!r}") from err
-    name = f"{obj.__module__}.{obj.__qualname__}"
-    return Markdown(f"`{name}`\n\n```python\n{source.rstrip()}\n```")
+    return Markdown(f"`{source_location(obj)}` `{obj.__qualname__}`\n\n```python\n{source.rstrip()}\n```")
 
 
 class Explorer(widgets.VBox):
@@ -65,7 +69,7 @@ class Explorer(widgets.VBox):
         return data
 
 
-def _live(draw, controls: dict, columns: int = 4) -> Explorer:
+def _explorer(draw, controls: dict, columns: int = 4) -> Explorer:
     """Controls above an Output that shows ``draw(**values)`` (a Figure), redrawn on every change."""
     out = widgets.Output()
 
@@ -114,7 +118,7 @@ def attention_weights(model: Seq2SeqTransformer, src, tgt_in) -> dict[str, list[
 
 
 def attention_panels(model: Seq2SeqTransformer, number: int, answer: str, layer: int = 0, kinds=ATTENTION_KINDS):
-    """Panels for ``plots.plot_attention_maps``: the weights (heads, queries, keys) of one
+    """Panels for ``transformer.plot_attention_maps``: the weights (heads, queries, keys) of one
     (source number, answer) pair at ``layer``, teacher-forced, with token labels."""
     if not 0 <= layer < min(len(model.encoder), len(model.decoder)):
         raise ValueError(f"layer: expected an int in [0, {min(len(model.encoder), len(model.decoder))}), got {layer}")
@@ -149,9 +153,9 @@ def attention_explorer(model: Seq2SeqTransformer, number: int = 27, answer: str 
             ax.axis("off")
             ax.text(0, 0.5, f"cannot draw: {err}", color="tab:red", va="center")
             return fig
-        return plots.plot_attention_maps(panels, title=f"N = {number}, answer {answer!r}")
+        return transformer.plot_attention_maps(panels, title=f"N = {number}, answer {answer!r}")
 
-    return _live(draw, controls, columns=2)
+    return _explorer(draw, controls, columns=2)
 
 
 # ---- 04: the clipped objective -------------------------------------------------------------
@@ -175,7 +179,7 @@ def clip_explorer(clip_eps: float = 0.2, advantage: float = 1.0, ratio: float = 
     }
 
     def draw(clip_eps, advantage, ratio):
-        fig = plots.plot_clip_objective(clip_eps, advantages=(advantage,))
+        fig = objective.plot_clip_objective(clip_eps, advantages=(advantage,))
         ax = fig.axes[0]
         value = min(ratio * advantage, min(max(ratio, 1 - clip_eps), 1 + clip_eps) * advantage)
         grad = clip_gradient(ratio, advantage, clip_eps)
@@ -183,7 +187,7 @@ def clip_explorer(clip_eps: float = 0.2, advantage: float = 1.0, ratio: float = 
         ax.legend(fontsize=8, loc="lower left" if advantage < 0 else "upper left")
         return fig
 
-    return _live(draw, controls, columns=3)
+    return _explorer(draw, controls, columns=3)
 
 
 # ---- 02, 03, 05: live training curves, tables, source lines, the sampling explorer -------------
@@ -235,8 +239,8 @@ def source_location(obj, contains: str | None = None) -> str:
     offset = next(found, None)
     if offset is None:
         raise ValueError(f"contains: {contains!r} does not occur in the source of {obj.__qualname__}")
-    folder, file = inspect.getsourcefile(obj).replace("\\", "/").split("/")[-2:]
-    return f"{folder}/{file}:{start + offset}"
+    path = Path(inspect.getsourcefile(obj)).resolve().relative_to(_CHECKOUT)
+    return f"{path.as_posix()}:{start + offset}"
 
 
 @torch.no_grad()
@@ -276,12 +280,12 @@ def sampling_explorer(policy: Seq2SeqTransformer, cfg, n_samples: int = 10):
         src = encode_numbers([number] * n_samples).to(policy.device)
         gen = torch.Generator(device=policy.device).manual_seed(0)
         out = policy.generate(src, cfg.task.max_target_len, temperature=temperature, top_k=top_k, generator=gen)
-        gold = gold_scores(src.cpu(), out.tokens.cpu(), out.mask.cpu(), cfg.task).tolist()
+        gold = gold_scores(src, out.tokens, out.mask, cfg.task).tolist()
         samples = ["sampled answers (gold):"] + [f"{decode(t):<16} {g:+.3g}" for t, g in zip(out.tokens.cpu(), gold)]
         title = f"N = {number}, prefix {prefix!r}: next token at temperature {temperature:g}, top_k {top_k}"
-        return plots.plot_next_token_distributions({"p": list(probs.values())}, list(probs), title, samples)
+        return pretraining.plot_next_token_distributions({"p": list(probs.values())}, list(probs), title, samples)
 
-    return _live(draw, controls, columns=2)
+    return _explorer(draw, controls, columns=2)
 
 
 # ---- 04: GAE on one episode, and the KL-regularized optimum (maths and figures in toys.py) ----------
@@ -301,11 +305,11 @@ def gae_explorer(tokens, rewards, values, gamma: float = 1.0, lam: float = 0.95,
         noisy_values = torch.as_tensor(values, dtype=torch.float32) + critic_error * error_pattern
         return toys.plot_gae_terms(tokens, rewards, noisy_values, gamma, lam)
 
-    return _live(draw, controls, columns=3)
+    return _explorer(draw, controls, columns=3)
 
 
 def beta_explorer(labels, ref_probs, rewards, beta: float = 0.5):
     """A log-scale slider for beta: pi_ref and the optimum pi* ~ pi_ref exp(r / beta) over a few answers,
     with E_pi*[r] and KL(pi* || pi_ref) against beta."""
     slider = widgets.FloatLogSlider(value=beta, base=10, min=-2, max=2, step=0.1, description="beta")
-    return _live(lambda beta: toys.plot_tilt(labels, ref_probs, rewards, beta), {"beta": slider}, columns=1)
+    return _explorer(lambda beta: toys.plot_tilt(labels, ref_probs, rewards, beta), {"beta": slider}, columns=1)

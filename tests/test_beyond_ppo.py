@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from ppo_lesson.__main__ import build_parser, main
 from ppo_lesson.best_of_n import BestOfNConfig, best_of_n_curve, best_of_n_distribution, best_of_n_kl, kl_bound
+from ppo_lesson.cli import build_parser, main
 from ppo_lesson.dpo import DPOConfig, dpo_loss, finetune_dpo, sequence_logprobs
 from ppo_lesson.group import k3_kl
 from ppo_lesson.grpo import GRPOConfig, finetune_grpo, group_advantages

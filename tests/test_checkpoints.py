@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from ppo_lesson import checkpoints
-from ppo_lesson.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, stage_path
+from ppo_lesson.checkpoints import load_checkpoint, save_checkpoint, stage_path
 from ppo_lesson.config import ModelConfig
+from ppo_lesson.errors import CheckpointError
 from ppo_lesson.model import Seq2SeqTransformer
 from ppo_lesson.task import encode_numbers
 

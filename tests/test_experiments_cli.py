@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppo_lesson.__main__ import build_parser, main
+from ppo_lesson.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {
@@ -200,7 +200,7 @@ def test_bench_on_the_tiny_preset(tmp_path, capsys):
 
 
 def test_experiment_results_do_not_depend_on_the_number_of_workers():
-    from ppo_lesson.experiments import run_experiments
+    from ppo_lesson.experiments.runner import run_experiments
 
     kwargs = {"preset": "tiny", "seeds": [0, 1], "quick": True, "threads": 1, "progress": False}
     alone, shared = run_experiments(workers=1, **kwargs), run_experiments(workers=2, **kwargs)

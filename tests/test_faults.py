@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ppo_lesson import checkpoints, pipeline
-from ppo_lesson.__main__ import main
 from ppo_lesson.checkpoints import save_checkpoint, stage_path
+from ppo_lesson.cli import main
 from ppo_lesson.config import (
     Config,
     ModelConfig,
@@ -25,8 +25,9 @@ from ppo_lesson.config import (
     TaskConfig,
     set_seed,
 )
+from ppo_lesson.finetune import PPOMemory
 from ppo_lesson.model import Seq2SeqTransformer
-from ppo_lesson.ppo import PPOMemory, clipped_surrogate_loss, compute_gae, masked_mean, whiten
+from ppo_lesson.ppo import clipped_surrogate_loss, compute_gae, masked_mean, whiten
 from ppo_lesson.reward import RewardModel
 from ppo_lesson.task import PAD_ID, encode_numbers
 
@@ -198,7 +199,7 @@ def test_full_disk_while_caching_warns_and_keeps_the_trained_stage(tmp_path, mon
 def test_late_write_error_in_the_cli_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     """An OSError that escapes a command (a write after training on a full disk) exits with status 1
     and the error's text."""
-    import ppo_lesson.__main__ as cli
+    import ppo_lesson.cli as cli
 
     def fails_late(args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "summary.json"))

@@ -8,11 +8,12 @@ import copy
 import pytest
 import torch
 
-from ppo_lesson import pipeline, ppo, pretrain, reward
+from ppo_lesson import finetune, pipeline, pretrain, reward
 from ppo_lesson.checkpoints import stage_path
 from ppo_lesson.config import Config, ModelConfig, PPOConfig, TaskConfig, get_preset, resolve_device, set_seed
-from ppo_lesson.ppo import PPOAgent, clipped_surrogate_loss, compute_gae, kl_penalty_rewards
-from ppo_lesson.pretrain import TrainingError
+from ppo_lesson.errors import TrainingError
+from ppo_lesson.finetune import PPOAgent
+from ppo_lesson.ppo import clipped_surrogate_loss, compute_gae, kl_penalty_rewards
 from ppo_lesson.task import encode, encode_numbers, pad_batch
 
 
@@ -167,7 +168,7 @@ def test_nan_loss_stops_reward_training_and_caches_nothing(tiny_cfg, tiny_policy
 def test_nan_loss_stops_ppo_naming_the_iteration(tiny_cfg, tiny_policy, tiny_reward_model, monkeypatch):
     """A value loss that turns NaN in the second PPO iteration stops finetune_ppo with a TrainingError
     naming iteration 1 and carrying iteration 0's row as the last good metrics."""
-    real_value_loss = ppo.value_loss
+    real_value_loss = finetune.value_loss
     calls = []
     per_iteration = tiny_cfg.ppo.epochs * tiny_cfg.ppo.minibatches
 
@@ -176,9 +177,9 @@ def test_nan_loss_stops_ppo_naming_the_iteration(tiny_cfg, tiny_policy, tiny_rew
         loss = real_value_loss(*args)
         return loss * float("nan") if len(calls) > per_iteration else loss
 
-    monkeypatch.setattr(ppo, "value_loss", value_loss_nan_later)
+    monkeypatch.setattr(finetune, "value_loss", value_loss_nan_later)
     cfg = tiny_cfg.replace(ppo={"target_kl": None})
     agent = PPOAgent(copy.deepcopy(tiny_policy))
     with pytest.raises(TrainingError, match=r"^ppo: non-finite loss at step 1\b") as info:
-        ppo.finetune_ppo(agent, copy.deepcopy(tiny_policy), tiny_reward_model, cfg, progress=False)
+        finetune.finetune_ppo(agent, copy.deepcopy(tiny_policy), tiny_reward_model, cfg, progress=False)
     assert info.value.step == 1 and info.value.last_good["iteration"] == 0

@@ -13,17 +13,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from ppo_lesson.finetune import PPOAgent, PPOMemory, collect_rollouts, finetune_ppo, ppo_update
 from ppo_lesson.ppo import (
     AdaptiveKLController,
-    PPOAgent,
-    PPOMemory,
     clipped_surrogate_loss,
-    collect_rollouts,
     compute_gae,
     explained_variance,
-    finetune_ppo,
     kl_penalty_rewards,
-    ppo_update,
     value_loss,
     whiten,
 )

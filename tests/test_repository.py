@@ -51,11 +51,30 @@ def test_makefile_installs_the_pinned_torch_first():
     assert f"pip install --quiet {pin}" in (ROOT / "Makefile").read_text()
 
 
+def _package_section() -> str:
+    return README.split("## The package", 1)[1].split("\n## ", 1)[0]
+
+
 def test_readme_gives_the_two_setup_commands_and_names_every_module():
     assert "make lesson" in README and "make test" in README
+    section = _package_section()
     for module in sorted((ROOT / "ppo_lesson").glob("*.py")):
         if module.name != "__init__.py":
-            assert f"`{module.name}`" in README, f"README does not describe ppo_lesson/{module.name}"
+            assert f"`{module.name}`" in section, f"README does not describe ppo_lesson/{module.name}"
+    for package in sorted(p for p in (ROOT / "ppo_lesson").iterdir() if (p / "__init__.py").is_file()):
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{package.name}/`")), None)
+        assert row is not None, f"README does not describe ppo_lesson/{package.name}/"
+        if package.name != "checks":  # its modules follow the notebooks, as the row says
+            for module in sorted(package.glob("*.py")):
+                assert module.stem == "__init__" or f"`{module.stem}`" in row, f"{package.name}/{module.name}"
+
+
+def test_readme_names_no_module_that_does_not_exist():
+    named = set(re.findall(r"`([a-z_]+\.py)`", _package_section()))
+    missing = sorted(name for name in named if not (ROOT / "ppo_lesson" / name).is_file())
+    assert not missing, f"README's package tables name modules that do not exist: {missing}"
+    folders = set(re.findall(r"^\| `([a-z_]+)/`", _package_section(), flags=re.MULTILINE))
+    assert folders and all((ROOT / "ppo_lesson" / f / "__init__.py").is_file() for f in folders), folders
 
 
 def test_notebooks_exist_in_order():
@@ -91,7 +110,8 @@ def test_every_readme_figure_exists_and_its_notebook_writes_it():
         assert (ROOT / "figures" / f"{name}.png").is_file(), f"figures/{name}.png is referenced but missing"
         notebook = next((nb for nb in NOTEBOOKS if nb.name.startswith(name[:3])), None)
         written = _saved_figure_names(notebook) if notebook else set()
-        made_by_cli = name.startswith("06_") and name in (ROOT / "ppo_lesson" / "experiments.py").read_text()
+        cli_code = "".join(p.read_text() for p in (ROOT / "ppo_lesson" / "experiments").glob("*.py"))
+        made_by_cli = name.startswith("06_") and name.removeprefix("06_") in cli_code
         assert name in written or made_by_cli, f"no notebook or command writes figures/{name}.png"
 
 

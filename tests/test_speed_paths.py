@@ -138,7 +138,7 @@ def test_matmul_flop_count_matches_torch_flop_counter(tiny_cfg, monkeypatch):
     from torch.utils.flop_counter import FlopCounterMode
 
     from ppo_lesson.bench import matmul_flops, matmul_shapes
-    from ppo_lesson.ppo import PPOAgent
+    from ppo_lesson.finetune import PPOAgent
 
     monkeypatch.setattr(MultiHeadAttention, "fused", False)
     model = Seq2SeqTransformer(tiny_cfg.model).eval()
@@ -162,7 +162,7 @@ def test_matmul_flops_by_hand():
 
 def test_ppo_iterations_are_bit_reproducible(tiny_cfg, tiny_policy, tiny_reward_model):
     """Two PPO runs from the same seed (fused Adam, foreach clipping, fused attention) agree exactly."""
-    from ppo_lesson.ppo import PPOAgent, PPOTrainer
+    from ppo_lesson.finetune import PPOAgent, PPOTrainer
 
     runs = []
     for _ in range(2):

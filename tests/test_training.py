@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppo_lesson import ppo
-from ppo_lesson.__main__ import INCOMPLETE, STAGING, main
+from ppo_lesson import finetune
 from ppo_lesson.checkpoints import load_checkpoint
+from ppo_lesson.cli import main
 from ppo_lesson.config import PPOConfig
-from ppo_lesson.ppo import PPOAgent, PPOTrainer, finetune_ppo, load_ppo_checkpoint
+from ppo_lesson.finetune import PPOAgent, PPOTrainer, finetune_ppo, load_ppo_checkpoint
+from ppo_lesson.results import INCOMPLETE, STAGING
 from ppo_lesson.reward import normalize_reward_model
 from ppo_lesson.task import encode_numbers, sample_numbers
 
@@ -107,7 +108,7 @@ def test_pipeline_normalizes_at_the_ppo_temperature_cached_or_not(tiny_cfg, tiny
 def _interrupt_during_update(monkeypatch, on_call: int):
     """Make the ``on_call``-th ppo_update (1-based) apply its full update, then raise KeyboardInterrupt:
     the worst moment, with the weights and the optimizer already changed."""
-    real_update, calls = ppo.ppo_update, []
+    real_update, calls = finetune.ppo_update, []
 
     def update_then_interrupt(*args, **kwargs):
         calls.append(1)
@@ -116,7 +117,7 @@ def _interrupt_during_update(monkeypatch, on_call: int):
             raise KeyboardInterrupt
         return stats
 
-    monkeypatch.setattr(ppo, "ppo_update", update_then_interrupt)
+    monkeypatch.setattr(finetune, "ppo_update", update_then_interrupt)
 
 
 def _states_equal(a, b) -> bool:
@@ -259,14 +260,14 @@ def test_diverging_run_leaves_the_previous_results_untouched(good_run, tmp_path,
     out = tmp_path / "out"
     _copy_run(good_run, out)
     before = _snapshot(out)
-    real_value_loss, calls = ppo.value_loss, []
+    real_value_loss, calls = finetune.value_loss, []
 
     def nan_in_second_iteration(*args):
         calls.append(1)
         loss = real_value_loss(*args)
         return loss * float("nan") if len(calls) > 4 else loss
 
-    monkeypatch.setattr(ppo, "value_loss", nan_in_second_iteration)
+    monkeypatch.setattr(finetune, "value_loss", nan_in_second_iteration)
     code, err = _exit_code_and_message(capsys, "run", "--preset", "tiny", "--reuse", "--out", str(out))
     assert code == 1 and "ppo: non-finite loss at step 1" in err
     assert "Nothing was saved" not in err and "still holds the previous complete run" in err
@@ -281,7 +282,7 @@ def test_write_error_before_the_move_leaves_the_previous_results_untouched(good_
     _copy_run(good_run, out)
     before = _snapshot(out)
     with monkeypatch.context() as patch:
-        patch.setattr("ppo_lesson.plots.save_figure", _raise_oserror)
+        patch.setattr("matplotlib.figure.Figure.savefig", _raise_oserror)  # the write itself, whoever calls it
         code, err = _exit_code_and_message(capsys, "run", "--preset", "tiny", "--reuse", "--out", str(out))
     assert code == 1 and "could not write the results" in err and "--resume" in err
     assert _snapshot(out) == before

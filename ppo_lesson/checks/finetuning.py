@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .. import ppo
+from .. import finetune, ppo
 from ..task import encode_numbers
 from .core import EXERCISES, keeps_random_state, token_batch, token_cases, verdict
 
@@ -121,14 +121,16 @@ def update_metrics(policy, reward_model, cfg, planted_bug: bool) -> list[dict]:
     (on one answer per source N); with ``planted_bug`` something in it is wrong: exercise 05.3 asks what."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        agent = ppo.PPOAgent(copy.deepcopy(policy))
+        agent = finetune.PPOAgent(copy.deepcopy(policy))
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
         src = encode_numbers(list(range(cfg.task.min_number, cfg.task.max_number + 1)))
         rollout_generator = torch.Generator().manual_seed(cfg.seed)
-        memory, _ = ppo.collect_rollouts(agent, reference, reward_model, src, cfg, cfg.ppo.kl_beta, rollout_generator)
+        memory, _ = finetune.collect_rollouts(
+            agent, reference, reward_model, src, cfg, cfg.ppo.kl_beta, rollout_generator
+        )
         update_cfg = dataclasses.replace(cfg.ppo, temperature=0.7 * cfg.ppo.temperature) if planted_bug else cfg.ppo
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=1e-5)
-        stats = ppo.ppo_update(agent, optimizer, memory, update_cfg, torch.Generator().manual_seed(cfg.seed))
+        stats = finetune.ppo_update(agent, optimizer, memory, update_cfg, torch.Generator().manual_seed(cfg.seed))
     return [
         {"minibatch": i, **{k: v for k, v in row.items() if k != "epoch"}}
         for i, row in enumerate(stats)
