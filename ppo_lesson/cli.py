@@ -139,7 +139,7 @@ def _add_experiments(sub) -> None:
 def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="PPO against PPO with V = 0, GRPO, RLOO, DPO and best-of-n on the same task and seeds (about 10 minutes)",
+        help="PPO against PPO with V = 0, GRPO, RLOO, DPO and best-of-n on the same task and seeds (about 2 minutes)",
         description="Per seed, from the same pretrained policy and reward model: PPO with its learned critic, PPO "
         "with V = 0, GRPO and RLOO with equal sampled answers and an equal learning-rate search; DPO on the reward "
         "model's preference pairs; best-of-n for n = 1..64. Writes OUT/compare.json and the figures "
