@@ -92,7 +92,7 @@ def fooled_samples(policy, cfg: Config, reward_model, n: int = 5, seed: int = 12
     src = evaluation_sources(cfg, EVAL_SAMPLES_PER_NUMBER).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = policy.eval().generate(src, cfg.task.max_target_len, temperature=cfg.ppo.temperature, generator=gen)
-    gold = gold_scores(src.cpu(), out.tokens.cpu(), out.mask.cpu(), cfg.task)
+    gold = gold_scores(src, out.tokens, out.mask, cfg.task)
     proxy = reward_model.score(src, out.tokens, out.mask).cpu()
     finished = ended_with_eos(out.tokens, out.mask).cpu()
     numbers = source_numbers(src.cpu())

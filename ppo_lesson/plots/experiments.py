@@ -163,8 +163,8 @@ def plot_reward_hacking(runs: list[dict], lr: float | None = None, smooth: int =
 
 def plot_variant_curves(histories: dict, smooth: int = 5, title: str = "One run of each variant"):
     """Three panels over PPO iterations, one line per labelled history: the rollout's gold reward
-    (trailing mean of ``smooth``), its KL to the reference, and the largest policy step of each
-    iteration's update (approx_kl, log scale): the three quantities the three claims are about."""
+    (trailing mean of ``smooth``), its KL to the reference, and how far each iteration's update moved
+    the policy (approx_kl, its minibatches' mean, log scale): what the three claims are about."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
     for label, history in histories.items():
         it = [h["iteration"] for h in history]
