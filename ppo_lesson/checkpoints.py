@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
+from . import CHECKOUT
 from .config import Config
 from .errors import CheckpointError
 from .stages import code_fingerprint, stage_key
 
 FORMAT_VERSION = 1
 STALE_TMP_SECONDS = 600  # a save takes about a second: a .tmp untouched this long was left by a killed one
-_CHECKOUT = Path(__file__).resolve().parent.parent  # the default cache lives in the checkout
 
 
 def save_checkpoint(path, state_dict: dict, cfg: Config, kind: str, extra: dict | None = None) -> Path:
@@ -126,7 +126,7 @@ def load_checkpoint(path, kind: str, cfg: Config | None = None, sections=("model
 def cache_root() -> Path:
     """Where stage results are cached: $PPO_LESSON_CACHE, else ``.cache/`` in the checkout."""
     env = os.environ.get("PPO_LESSON_CACHE")
-    return Path(env) if env else _CHECKOUT / ".cache"
+    return Path(env) if env else CHECKOUT / ".cache"
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

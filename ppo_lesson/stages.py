@@ -11,11 +11,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import PACKAGE_DIR
 from .config import Config
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -68,5 +66,5 @@ def code_fingerprint(stage: str) -> str:
     """Hash of the source files whose code decides a stage's result."""
     digest = hashlib.sha256()
     for name in _stage(stage).code:
-        digest.update((_PACKAGE_DIR / name).read_bytes())
+        digest.update((PACKAGE_DIR / name).read_bytes())
     return digest.hexdigest()[:12]

@@ -28,13 +28,11 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from . import toys
+from . import CHECKOUT, toys
 from .model import MultiHeadAttention, Seq2SeqTransformer, shift_right, top_k_filter
 from .plots import objective, pretraining, transformer
 from .ppo import clipped_surrogate_loss
 from .task import BOS_ID, EOS, STOI, SYMBOLS, VOCAB, decode, encode, encode_numbers, gold_scores
-
-_CHECKOUT = Path(__file__).resolve().parent.parent  # source locations are given relative to it
 
 # ---- every notebook: the package's own source ----------------------------------------------
 
@@ -239,7 +237,7 @@ def source_location(obj, contains: str | None = None) -> str:
     offset = next(found, None)
     if offset is None:
         raise ValueError(f"contains: {contains!r} does not occur in the source of {obj.__qualname__}")
-    path = Path(inspect.getsourcefile(obj)).resolve().relative_to(_CHECKOUT)
+    path = Path(inspect.getsourcefile(obj)).resolve().relative_to(CHECKOUT)
     return f"{path.as_posix()}:{start + offset}"
 
 

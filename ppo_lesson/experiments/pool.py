@@ -58,10 +58,6 @@ def result_header(preset: str, seeds, quick: bool, device, workers: int, threads
     }
 
 
-def _set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def map_tasks(fn, tasks: list[dict], workers: int, threads: int, desc: str, progress: bool, cost=None) -> list:
     """Results of ``fn`` over ``tasks`` (in the tasks' order), in-process or over worker processes;
     ``cost(task)``, if given, a rough relative cost: the costliest start first, so all finish together."""
@@ -76,7 +72,7 @@ def map_tasks(fn, tasks: list[dict], workers: int, threads: int, desc: str, prog
         order = sorted(range(len(tasks)), key=lambda i: -cost(tasks[i])) if cost else list(range(len(tasks)))
         # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, len(tasks)), initializer=_set_threads, initargs=(threads,)) as pool:
+        with ctx.Pool(min(workers, len(tasks)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
             for i, result in zip(order, pool.imap(fn, [tasks[i] for i in order])):
                 results[i] = result
                 bar.update()

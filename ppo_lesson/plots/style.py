@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import CHECKOUT
 from ..stats import trailing_mean
 
-FIGURES_DIR = Path(__file__).resolve().parent.parent.parent / "figures"
+FIGURES_DIR = CHECKOUT / "figures"
 
 GRID_ALPHA = 0.3
 """Opacity of the grid lines: visible enough to read values off, faint enough to stay behind the data."""
