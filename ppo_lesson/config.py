@@ -74,10 +74,13 @@ class ModelConfig:
 class PretrainConfig:
     """Supervised (teacher-forced) training of the policy on valid but tasteless sums."""
 
-    steps: int = 1600  # optimizer steps
+    steps: int = 1300  # optimizer steps
     batch_size: int = 128  # (source, target) pairs per step
-    lr: float = 5e-3  # peak Adam learning rate
-    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    lr: float = 7e-3  # peak Adam learning rate
+    beta2: float = 0.98  # Adam's decay of its squared-gradient average (PyTorch's default is 0.999). Measured
+    # on seeds 0-2 (validity at temperature 1): 1000 steps at lr 5e-3 reach 0.84-0.86 with 0.999 and 0.90-0.94
+    # with 0.98; 1300 steps at 7e-3 with 0.98 reach 0.96-0.97, as 1600 steps at 5e-3 with 0.999 did
+    warmup_steps: int = 50  # linear warm-up before the cosine decay
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm
 
@@ -86,6 +89,7 @@ class PretrainConfig:
         _check(self.steps > 0, "steps", "a positive integer", self.steps)
         _check(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
         _check(self.lr > 0, "lr", "a positive float", self.lr)
+        _check(0.0 <= self.beta2 < 1.0, "beta2", "a float in [0, 1)", self.beta2)
         _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
         _check(self.grad_clip > 0, "grad_clip", "a positive float (a clip at 0 changes no parameter)", self.grad_clip)
         _check(

@@ -213,6 +213,7 @@ class PPOTrainer:
         self.rollout_generator = torch.Generator(device=device).manual_seed(seed_for(cfg, "rollouts"))  # samples
         self.shuffle_generator = torch.Generator().manual_seed(seed_for(cfg, "minibatch_order"))
         self.history: list[dict] = []
+        self._completed = None  # state() after the last iteration run_iteration_or_undo completed
 
     def iteration(self) -> dict:
         """One rollout, one update and one KL-controller step; appends the iteration's row to the history."""
@@ -224,6 +225,7 @@ class PPOTrainer:
 
     def rollout(self) -> tuple[PPOMemory, dict]:
         """Sample a batch of answers with the current policy and fill the buffer (``collect_rollouts``)."""
+        self._completed = None  # the generators move: a copy taken before is no longer the current state
         src = encode_numbers(sample_numbers(self.cfg.ppo.rollout_batch, self.cfg.task, self.rng)).to(self.device)
         memory, stats = collect_rollouts(
             self.agent, self.reference, self.reward_model, src, self.cfg, self.controller.value, self.rollout_generator
@@ -233,6 +235,7 @@ class PPOTrainer:
     def learn(self, memory: PPOMemory, rollout: dict) -> dict:
         """The update on one rollout, then the KL-controller step; appends and returns the history row."""
         ppo_cfg, it = self.cfg.ppo, len(self.history)
+        self._completed = None
         try:
             updates = ppo_update(self.agent, self.optimizer, memory, ppo_cfg, self.shuffle_generator)
         except FloatingPointError as err:
@@ -270,11 +273,13 @@ class PPOTrainer:
         self.rollout_generator.set_state(state["rollout_generator"])
         self.shuffle_generator.set_state(state["shuffle_generator"])
         self.history = copy.deepcopy(state["history"])
+        self._completed = None
 
-    def save(self, path) -> None:
-        """Write the state, the reference and the reward model to ``path`` atomically, as tensors and
-        plain Python values only (loadable with ``weights_only=True``)."""
-        state = self.state()
+    def save(self, path, state: dict | None = None) -> None:
+        """Write the state (``state`` when given, a copy from ``state()`` taken now otherwise), the reference
+        and the reward model to ``path`` atomically, as tensors and plain Python values only (loadable with
+        ``weights_only=True``)."""
+        state = dict(state or self.state())
         weights = {f"agent.{k}": v for k, v in state.pop("agent").items()}
         weights.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
         weights.update({f"reward_model.{k}": v for k, v in self.reward_model.state_dict().items()})
@@ -283,14 +288,16 @@ class PPOTrainer:
     def run_iteration_or_undo(self, checkpoint=None) -> None:
         """One iteration (saved to ``checkpoint`` when given); if anything stops it half-way (Ctrl-C,
         a non-finite loss), every part of the trainer goes back to the last completed iteration."""
-        before = self.state()
+        before = self._completed if self._completed is not None else self.state()
         try:
             self.iteration()
+            completed = self.state()  # one copy serves as the checkpoint and as the next iteration's way back
             if checkpoint is not None:
-                self.save(checkpoint)
+                self.save(checkpoint, completed)
         except BaseException:
             self.load_state(before)
             raise
+        self._completed = completed
 
 
 def load_ppo_checkpoint(path) -> dict:

@@ -46,7 +46,13 @@ def pretrain(
     rng = random.Random(seed_for(cfg, "pretrain"))
     model.to(device).train()
     # fused: one kernel over all parameters instead of a dozen small ops per tensor (same maths)
-    opt = torch.optim.Adam(model.parameters(), lr=pretrain_cfg.lr, weight_decay=pretrain_cfg.weight_decay, fused=True)
+    opt = torch.optim.Adam(
+        model.parameters(),
+        lr=pretrain_cfg.lr,
+        betas=(0.9, pretrain_cfg.beta2),
+        weight_decay=pretrain_cfg.weight_decay,
+        fused=True,
+    )
     schedule = lambda step: warmup_cosine(step, pretrain_cfg.steps, pretrain_cfg.warmup_steps)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     history: list[dict] = []

@@ -135,7 +135,8 @@ def train_reward_model(
         rm.train()
         for idx in torch.randperm(n, generator=gen).split(rcfg.batch_size):
             s, c, r = (train[k][idx.to(device)] for k in ("src", "chosen", "rejected"))
-            r_c, r_r = rm(s, c, answer_mask(c)), rm(s, r, answer_mask(r))
+            both = torch.cat([c, r])  # one pass over the chosen and the rejected answers: half the calls
+            r_c, r_r = rm(torch.cat([s, s]), both, answer_mask(both)).chunk(2)
             loss = bradley_terry_loss(r_c, r_r)
             if not torch.isfinite(loss):
                 raise TrainingError("reward model", len(history), history[-1] if history else None)

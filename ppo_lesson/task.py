@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 import torch
+import torch.nn.functional as F
 
 from .config import TaskConfig
 
@@ -54,12 +55,11 @@ def pad_batch(seqs: list[list[int]], length: int | None = None) -> torch.Tensor:
     if len(seqs) == 0:
         raise ValueError("seqs: expected at least one sequence, got an empty list")
     length = length or max(len(s) for s in seqs)
-    out = torch.full((len(seqs), length), PAD_ID, dtype=torch.long)
     for row, s in enumerate(seqs):
         if len(s) > length:
             raise ValueError(f"seqs: sequence {row} has {len(s)} tokens, more than length={length}")
-        out[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+    # one tensor from padded lists: a copy per row costs several times more at batch 128
+    return torch.tensor([list(s) + [PAD_ID] * (length - len(s)) for s in seqs], dtype=torch.long)
 
 
 def min_terms(n: int) -> int:
@@ -101,13 +101,59 @@ def sample_target(n: int, cfg: TaskConfig, rng: random.Random) -> str:
     return "+".join(map(str, digits))
 
 
+DRAWS_PER_ROUND = 64  # term draws made at once by ``sample_digits``; an answer that needs more draws again
+
+
+def sample_digits(numbers: torch.Tensor, cfg: TaskConfig, generator: torch.Generator) -> torch.Tensor:
+    """(B, max_terms) digits of one supervised answer per number in ``numbers`` (B,), 0 after the last
+    term: ``sample_target``'s distribution, drawn for the whole batch at once (tests/test_task.py
+    compares the two).
+
+    ``sample_target`` gives each unit of surplus to a term chosen uniformly among those still below 9.
+    Choosing uniformly among all the terms and skipping the draw when that term is already at 9 gives
+    the same probabilities, and such draws can be made up front: after each draw a term holds
+    min(8, its draws so far) units, and the answer is read at the first draw where they add up."""
+    numbers = torch.as_tensor(numbers, dtype=torch.long)
+    if bool((numbers < 1).any() | (numbers > 9 * cfg.max_terms).any()):
+        raise ValueError(f"numbers: expected integers in [1, {9 * cfg.max_terms}] (max_terms={cfg.max_terms})")
+    fewest = (numbers + 8) // 9
+    most = numbers.clamp(max=cfg.max_terms)
+    terms = fewest + (torch.rand(len(numbers), generator=generator) * (most - fewest + 1)).long()
+    surplus = numbers - terms
+    units = torch.zeros(len(numbers), cfg.max_terms, dtype=torch.long)  # units above 1 per term
+    todo = torch.arange(len(numbers))
+    while len(todo):  # most answers are placed in the first round; the rest go on from where they are
+        draws = (torch.rand(len(todo), DRAWS_PER_ROUND, generator=generator) * terms[todo, None]).long()
+        counts = F.one_hot(draws, cfg.max_terms).cumsum(1)  # (R, draws, max_terms)
+        after = torch.cat([units[todo, None], units[todo, None] + counts], 1).clamp(max=8)  # index 0: no draw
+        enough = after.sum(-1) >= surplus[todo, None]
+        placed = enough[:, -1]
+        first = enough.int().argmax(1)  # the first draw by which the whole surplus is placed
+        units[todo] = torch.where(placed[:, None], after[torch.arange(len(todo)), first], after[:, -1])
+        todo = todo[~placed]
+    return (1 + units) * (torch.arange(cfg.max_terms) < terms[:, None])
+
+
+def answer_tokens(digits: torch.Tensor) -> torch.Tensor:
+    """(B, 2 * longest) token ids of ``d+d+...+d`` then EOS, right-padded, from (B, T) digits (0 = no term)."""
+    terms = (digits > 0).sum(1)
+    width = 2 * int(terms.max())
+    tokens = torch.full((len(digits), width), PAD_ID, dtype=torch.long)
+    position = torch.arange(width // 2)
+    in_answer = position < terms[:, None]
+    tokens[:, 0::2] = torch.where(in_answer, STOI["0"] + digits[:, : width // 2], PAD_ID)
+    tokens[:, 1::2] = torch.where(position < terms[:, None] - 1, PLUS_ID, torch.where(in_answer, EOS_ID, PAD_ID))
+    return tokens
+
+
 def supervised_batch(batch_size: int, cfg: TaskConfig, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    """(src, tgt) token tensors for teacher forcing; tgt ends with EOS and is right-padded."""
+    """(src, tgt) token tensors for teacher forcing; tgt ends with EOS and is right-padded.
+
+    The numbers come from ``rng``; the answers are drawn for the whole batch at once by a torch generator
+    seeded from ``rng`` (``sample_target`` draws one at a time: 30 times slower at batch 128)."""
     numbers = sample_numbers(batch_size, cfg, rng)
-    targets = [encode(sample_target(n, cfg, rng)) for n in numbers]
-    width = max(map(len, targets))  # one tensor from padded lists: pad_batch's row-by-row copy costs more
-    tgt = torch.tensor([t + [PAD_ID] * (width - len(t)) for t in targets], dtype=torch.long)
-    return encode_numbers(numbers), tgt
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    return encode_numbers(numbers), answer_tokens(sample_digits(torch.tensor(numbers), cfg, generator))
 
 
 def parse_answer(text: str) -> list[int] | None:

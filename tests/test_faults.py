@@ -48,6 +48,7 @@ from ppo_lesson.task import PAD_ID, encode_numbers
         ({"reward": {"init_from_policy": 0}}, "reward.init_from_policy: expected True or False, got 0"),
         ({"ppo": {"max_grad_norm": 0}}, "ppo.max_grad_norm: expected a positive float (a clip at 0 changes no"),
         ({"pretrain": {"grad_clip": 0}}, "pretrain.grad_clip: expected a positive float (a clip at 0 changes no"),
+        ({"pretrain": {"beta2": 1.0}}, "pretrain.beta2: expected a float in [0, 1), got 1.0"),
         ({"ppo": {"value_clip": -0.1}}, "ppo.value_clip: expected a positive float, got -0.1"),
         ({"ppo": {"kl_beta": -0.1}}, "ppo.kl_beta: expected a float >= 0, got -0.1"),
         ({"ppo": {"target_kl": float("nan")}}, "ppo.target_kl: expected a finite number or None, got nan"),

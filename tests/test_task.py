@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import re
@@ -23,7 +24,9 @@ from ppo_lesson.task import (
     min_terms,
     pad_batch,
     preference_pairs,
+    sample_digits,
     sample_target,
+    supervised_batch,
 )
 
 
@@ -92,6 +95,53 @@ def test_sample_target_always_valid(tiny_cfg):
             assert _reference_gold(n, answer, cfg.max_terms) > 0
             seen.add(len(digits))
         assert seen == set(feasible_terms(n, cfg))
+
+
+def _answer_statistics(answers: list[list[int]]) -> collections.Counter:
+    """Share of answers with each number of terms, and with each digit at each position."""
+    counts = collections.Counter()
+    for digits in answers:
+        counts["terms", len(digits)] += 1 / len(answers)
+        counts.update({(position, d): 1 / len(answers) for position, d in enumerate(digits)})
+    return counts
+
+
+@pytest.mark.parametrize("n", [10, 27, 45])
+@pytest.mark.parametrize("draws_per_round", [64, 3])
+def test_sample_digits_has_sample_targets_distribution(n, draws_per_round, monkeypatch):
+    """The batched sampler and the one-at-a-time sampler agree: 20,000 answers from each give the same
+    shares of term counts and of each digit at each position, to within sampling noise (the largest
+    gap is 0.006 to 0.009 at these seeds; the bar is 0.02). With 3 draws per round nearly every answer
+    takes several rounds, so the carry-over between rounds is checked too."""
+    monkeypatch.setattr("ppo_lesson.task.DRAWS_PER_ROUND", draws_per_round)
+    cfg, size = TaskConfig(), 20_000
+    batched = sample_digits(torch.full((size,), n), cfg, torch.Generator().manual_seed(0)).tolist()
+    batched = [[d for d in row if d] for row in batched]
+    rng = random.Random(0)
+    one_at_a_time = [[int(d) for d in sample_target(n, cfg, rng).split("+")] for _ in range(size)]
+    assert all(sum(digits) == n and all(1 <= d <= 9 for d in digits) for digits in batched)
+    assert {len(digits) for digits in batched} == set(feasible_terms(n, cfg))
+    ours, theirs = _answer_statistics(batched), _answer_statistics(one_at_a_time)
+    assert max(abs(ours[key] - theirs[key]) for key in ours.keys() | theirs.keys()) < 0.02
+
+
+def test_supervised_batch_tokens(tiny_cfg):
+    """Every target row is a valid sum of its source number, written d+d+...+d then EOS, then padding;
+    the batch is as wide as its longest answer, and the same rng state gives the same batch."""
+    cfg = tiny_cfg.task
+    src, tgt = supervised_batch(500, cfg, random.Random(3))
+    for n, row in zip([int(decode(s)) for s in src], tgt.tolist()):
+        text = decode(row)
+        assert _reference_gold(n, text, cfg.max_terms) > 0
+        assert row[: len(text) + 1] == encode(text) and set(row[len(text) + 1 :]) <= {PAD_ID}
+    assert tgt.size(1) == max(len(decode(row)) + 1 for row in tgt.tolist())
+    again = supervised_batch(500, cfg, random.Random(3))
+    assert torch.equal(src, again[0]) and torch.equal(tgt, again[1])
+
+
+def test_sample_digits_refuses_numbers_without_an_answer():
+    with pytest.raises(ValueError, match="numbers: expected integers in \\[1, 72\\]"):
+        sample_digits(torch.tensor([10, 73]), TaskConfig(), torch.Generator())
 
 
 @pytest.mark.parametrize(

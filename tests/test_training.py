@@ -145,6 +145,22 @@ def test_interrupt_mid_update_restores_the_last_completed_iteration(
     assert len(trainer.history) == 1
 
 
+def test_undo_goes_back_to_the_latest_iteration_also_after_a_direct_one(
+    tiny_cfg, tiny_policy, tiny_reward_model, monkeypatch
+):
+    """run_iteration_or_undo keeps its copy of the completed state for the next call; an iteration run
+    directly in between makes that copy stale, so an interrupt then goes back to the direct one's end."""
+    trainer = PPOTrainer(PPOAgent(copy.deepcopy(tiny_policy)), tiny_policy, tiny_reward_model, tiny_cfg)
+    trainer.run_iteration_or_undo()
+    trainer.iteration()
+    after_direct = trainer.state()
+    _interrupt_during_update(monkeypatch, on_call=1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run_iteration_or_undo()
+    assert _states_equal(trainer.state(), after_direct)
+    assert len(trainer.history) == 2
+
+
 def test_finetune_ppo_interrupted_keeps_checkpoint_and_weights_in_step(
     tiny_cfg, tiny_policy, tiny_reward_model, monkeypatch, tmp_path
 ):
