@@ -116,7 +116,7 @@ def _add_workers(p: argparse.ArgumentParser, default: int | None, default_text: 
 def _add_experiments(sub) -> None:
     p = sub.add_parser(
         "experiments",
-        help="measure PPO's claims over seeds: sample efficiency, stability, reward hacking (about 5 minutes)",
+        help="measure PPO's claims over seeds: sample efficiency, stability, reward hacking (about 6 minutes)",
         description="Three experiments on the same pretrained policy and reward model per seed: (1) PPO against "
         "vanilla policy gradient with equal sampled answers and an equal learning-rate search, (2) clipped against "
         "unclipped surrogate with 16 steps per batch, at a third of the default learning rate and 10 times that, "

@@ -1,6 +1,6 @@
 """Progress bars for the long loops: ``tqdm.auto`` (a widget in a notebook, text in a terminal).
 
-A notebook stores a progress widget as it was when it was drawn (``0/1600``), so a page viewed
+A notebook stores a progress widget as it was when it was drawn (``0/1300``), so a page viewed
 without a kernel (GitHub, nbviewer) would show an empty bar. In a notebook the bar therefore
 prints its finished state as one plain line when it closes."""
 
