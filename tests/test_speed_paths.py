@@ -189,3 +189,34 @@ def test_distance_to_limit_on_cpu_and_not_elsewhere():
     assert limit["fraction_of_limit"] == pytest.approx(limit["achieved_gflops"] / limit["matmul_gflops"])
     assert limit["share_outside_matmul"] == pytest.approx(0.6)
     assert distance_to_limit(flops, 0.5, shapes, lambda: 0.2, device="cuda") is None
+
+
+def test_unpadded_sources_skip_the_mask_and_get_what_an_all_true_mask_gives(tiny_cfg, monkeypatch):
+    """A batch whose sources hold no PAD gets no source mask (None), and its logits and gradients are those
+    of the same model forced to use the all-True padding mask; a batch with padding still gets its mask."""
+    from ppo_lesson import model as model_module
+
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(tiny_cfg.model)
+    src = encode_numbers(NUMBERS)  # all two digits: no padding
+    assert not (src == PAD_ID).any() and model.encode(src)[1] is None
+    padded = encode_numbers([7, 12])
+    assert model.encode(padded)[1].tolist() == [[[[True, True, False]]], [[[True, True, True]]]]
+
+    tokens = _answers(model, src)
+    fast = _forward_and_grads(model, src, tokens)
+    real_padding_mask = model_module.padding_mask
+
+    def encode_with_mask(self, source):
+        x = self.embed_tokens(source)
+        mask = real_padding_mask(source)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.encoder_norm(x), mask
+
+    monkeypatch.setattr(Seq2SeqTransformer, "encode", encode_with_mask)
+    masked = _forward_and_grads(model, src, tokens)
+    assert_close(fast[0], masked[0], rtol=0, atol=0)
+    assert_close(fast[1], masked[1], rtol=0, atol=0)
+    for name, grad in fast[2].items():
+        assert_close(grad, masked[2][name], rtol=1e-6, atol=1e-7, msg=name)
