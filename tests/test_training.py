@@ -130,35 +130,24 @@ def _states_equal(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.parametrize("direct_iterations", [0, 1])
 def test_interrupt_mid_update_restores_the_last_completed_iteration(
-    tiny_cfg, tiny_policy, tiny_reward_model, monkeypatch
+    tiny_cfg, tiny_policy, tiny_reward_model, monkeypatch, direct_iterations
 ):
-    """A Ctrl-C after the second iteration's update has been applied puts the agent, the optimizer,
-    the KL controller, the random generators and the history back where iteration 1 left them."""
+    """A Ctrl-C after the next iteration's update has been applied puts the agent, the optimizer, the KL
+    controller, the random generators and the history back where the last completed iteration left them.
+    run_iteration_or_undo keeps its copy of the completed state for the next call; an ``iteration()`` run
+    directly in between makes that copy stale, and the undo then goes back to the direct one's end."""
     trainer = PPOTrainer(PPOAgent(copy.deepcopy(tiny_policy)), tiny_policy, tiny_reward_model, tiny_cfg)
     trainer.run_iteration_or_undo()
-    after_first = trainer.state()
+    for _ in range(direct_iterations):
+        trainer.iteration()
+    completed = trainer.state()
     _interrupt_during_update(monkeypatch, on_call=1)
     with pytest.raises(KeyboardInterrupt):
         trainer.run_iteration_or_undo()
-    assert _states_equal(trainer.state(), after_first)
-    assert len(trainer.history) == 1
-
-
-def test_undo_goes_back_to_the_latest_iteration_also_after_a_direct_one(
-    tiny_cfg, tiny_policy, tiny_reward_model, monkeypatch
-):
-    """run_iteration_or_undo keeps its copy of the completed state for the next call; an iteration run
-    directly in between makes that copy stale, so an interrupt then goes back to the direct one's end."""
-    trainer = PPOTrainer(PPOAgent(copy.deepcopy(tiny_policy)), tiny_policy, tiny_reward_model, tiny_cfg)
-    trainer.run_iteration_or_undo()
-    trainer.iteration()
-    after_direct = trainer.state()
-    _interrupt_during_update(monkeypatch, on_call=1)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run_iteration_or_undo()
-    assert _states_equal(trainer.state(), after_direct)
-    assert len(trainer.history) == 2
+    assert _states_equal(trainer.state(), completed)
+    assert len(trainer.history) == 1 + direct_iterations
 
 
 def test_finetune_ppo_interrupted_keeps_checkpoint_and_weights_in_step(
