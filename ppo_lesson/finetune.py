@@ -251,18 +251,21 @@ class PPOTrainer:
         return row
 
     def state(self) -> dict:
-        """A copy of everything the next iteration depends on (later steps do not change it)."""
-        return copy.deepcopy(
-            {
-                "agent": self.agent.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "kl_beta": self.controller.value,
-                "python_random": self.rng.getstate(),
-                "rollout_generator": self.rollout_generator.get_state(),
-                "shuffle_generator": self.shuffle_generator.get_state(),
-                "history": self.history,
-            }
-        )
+        """A copy of everything the next iteration depends on (later steps do not change it). Tensors are
+        cloned one by one: ``copy.deepcopy`` of the same dicts took about 4 ms per iteration, this about 1."""
+        optimizer = self.optimizer.state_dict()
+        return {
+            "agent": {k: v.clone() for k, v in self.agent.state_dict().items()},
+            "optimizer": {
+                "state": {i: _clone_values(s) for i, s in optimizer["state"].items()},
+                "param_groups": copy.deepcopy(optimizer["param_groups"]),
+            },
+            "kl_beta": self.controller.value,
+            "python_random": self.rng.getstate(),
+            "rollout_generator": self.rollout_generator.get_state(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+            "history": [dict(row) for row in self.history],  # rows hold numbers only
+        }
 
     def load_state(self, state: dict) -> None:
         """Go back (or forward) to a state from ``state()`` or ``load_ppo_checkpoint``."""
@@ -272,7 +275,7 @@ class PPOTrainer:
         self.rng.setstate(state["python_random"])
         self.rollout_generator.set_state(state["rollout_generator"])
         self.shuffle_generator.set_state(state["shuffle_generator"])
-        self.history = copy.deepcopy(state["history"])
+        self.history = [dict(row) for row in state["history"]]
         self._completed = None
 
     def save(self, path, state: dict | None = None) -> None:
@@ -283,6 +286,12 @@ class PPOTrainer:
         weights = {f"agent.{k}": v for k, v in state.pop("agent").items()}
         weights.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
         weights.update({f"reward_model.{k}": v for k, v in self.reward_model.state_dict().items()})
+        optimizer = state.pop("optimizer")  # its tensors go with the weights, packed in one buffer
+        other = {}
+        for i, param_state in optimizer["state"].items():
+            other[i] = {k: v for k, v in param_state.items() if not isinstance(v, torch.Tensor)}
+            weights.update({f"optimizer.{i}.{k}": v for k, v in param_state.items() if isinstance(v, torch.Tensor)})
+        state["optimizer"] = {"state": other, "param_groups": optimizer["param_groups"]}
         save_checkpoint(path, weights, self.cfg, "ppo_state", {**state, "iteration": len(self.history)})
 
     def run_iteration_or_undo(self, checkpoint=None) -> None:
@@ -308,6 +317,11 @@ def load_ppo_checkpoint(path) -> dict:
     for part in ("agent", "reference", "reward_model"):
         prefix = f"{part}."
         state[part] = {k[len(prefix) :]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+    optimizer = state["optimizer"] = copy.deepcopy(state["optimizer"])
+    for name, tensor in payload["state_dict"].items():  # "optimizer.<param index>.<key>", from ``PPOTrainer.save``
+        if name.startswith("optimizer."):
+            index, key = name.removeprefix("optimizer.").split(".", 1)
+            optimizer["state"].setdefault(int(index), {})[key] = tensor
     return state
 
 
@@ -351,6 +365,11 @@ def finetune_ppo(
     except KeyboardInterrupt:
         print(f"ppo: interrupted; returning the {len(trainer.history)} completed iterations")
     return trainer.history
+
+
+def _clone_values(values: dict) -> dict:
+    """A copy of one parameter's optimizer state: tensors cloned, other values (if any) deep-copied."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in values.items()}
 
 
 def mean_of(rows: list[dict], key: str) -> float:

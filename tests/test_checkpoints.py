@@ -176,3 +176,43 @@ def test_model_config_round_trips_through_checkpoint_config(tmp_path, tiny_cfg, 
     path = save_checkpoint(tmp_path / "p.pt", random_model.state_dict(), tiny_cfg, "policy")
     stored = load_checkpoint(path, "policy")["config"]
     assert ModelConfig(**stored["model"]) == tiny_cfg.model
+
+
+def test_packed_tensors_round_trip_every_dtype_and_shape():
+    """pack_tensors lays tensors of several dtypes and shapes (a scalar, an empty one, a transposed view)
+    end to end, one buffer per dtype; unpack_tensors gives back equal tensors under the same names."""
+    original = {
+        "w": torch.randn(3, 4).t(),  # not contiguous
+        "step": torch.tensor(7.0),
+        "empty": torch.zeros(0, 5),
+        "ids": torch.arange(6).view(2, 3),
+        "flags": torch.tensor([True, False]),
+        "b": torch.randn(5),
+    }
+    packed = checkpoints.pack_tensors(original)
+    assert sorted(packed["buffers"]) == ["bool", "float32", "int64"]
+    assert packed["buffers"]["float32"].numel() == 12 + 1 + 0 + 5
+    unpacked = checkpoints.unpack_tensors(packed)
+    assert list(unpacked) == list(original)
+    for name, tensor in original.items():
+        assert unpacked[name].dtype == tensor.dtype and torch.equal(unpacked[name], tensor), name
+
+
+def test_packed_file_with_damaged_parts_is_refused(tmp_path, tiny_cfg, random_model):
+    """A format-2 file whose shapes no longer add up to its buffer gives a CheckpointError naming the path."""
+    path = save_checkpoint(tmp_path / "p.pt", random_model.state_dict(), tiny_cfg, "policy")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["shapes"][0] = [1]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"^path: .*damaged tensors"):
+        load_checkpoint(path, "policy", tiny_cfg)
+
+
+def test_files_of_format_1_still_load(tmp_path, tiny_cfg, random_model):
+    """A checkpoint written before tensors were packed (format 1: the state dict as it is) still loads:
+    a stage cache from an older checkout is not thrown away."""
+    path = tmp_path / "old.pt"
+    state = random_model.state_dict()
+    torch.save({"format": 1, "kind": "policy", "config": tiny_cfg.to_dict(), "state_dict": state, "extra": {}}, path)
+    loaded = load_checkpoint(path, "policy", tiny_cfg)["state_dict"]
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)

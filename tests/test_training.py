@@ -150,6 +150,28 @@ def test_interrupt_mid_update_restores_the_last_completed_iteration(
     assert len(trainer.history) == 1 + direct_iterations
 
 
+def test_state_is_a_copy_and_the_checkpoint_holds_all_of_it(tiny_cfg, tiny_policy, tiny_reward_model, tmp_path):
+    """state() equals a deep copy of the live dicts taken at the same moment, and stays equal to it while
+    training goes on (its tensors are copies, not the live ones); a saved checkpoint loads back to the same
+    state, the optimizer's moments and step counts (packed with the weights) included."""
+    trainer = PPOTrainer(PPOAgent(copy.deepcopy(tiny_policy)), tiny_policy, tiny_reward_model, tiny_cfg)
+    trainer.run_iteration_or_undo()
+    state = trainer.state()
+    deep = copy.deepcopy(
+        {"agent": trainer.agent.state_dict(), "optimizer": trainer.optimizer.state_dict(), "history": trainer.history}
+    )
+    assert all(_states_equal(state[k], deep[k]) for k in deep)
+    trainer.save(tmp_path / "state.pt", state)
+    trainer.iteration()  # moves every weight and moment
+    assert not _states_equal(trainer.agent.state_dict(), deep["agent"])
+    assert all(_states_equal(state[k], deep[k]) for k in deep)
+    loaded = load_ppo_checkpoint(tmp_path / "state.pt")
+    assert loaded["optimizer"]["state"] and all(
+        isinstance(v, torch.Tensor) for s in loaded["optimizer"]["state"].values() for v in s.values()
+    )
+    assert all(_states_equal(loaded[k], state[k]) for k in state)
+
+
 def test_finetune_ppo_interrupted_keeps_checkpoint_and_weights_in_step(
     tiny_cfg, tiny_policy, tiny_reward_model, monkeypatch, tmp_path
 ):
