@@ -25,3 +25,10 @@ def rounded(obj, digits: int = 4):
     if isinstance(obj, list):
         return [rounded(v, digits) for v in obj]
     return round(obj, digits) if isinstance(obj, float) else obj
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as a label, every significant digit kept: 3.3e-5, 1e-4 (``:.0e`` would print
+    3.3e-5 as 3e-05, a rate no run used)."""
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"

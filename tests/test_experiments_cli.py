@@ -207,3 +207,20 @@ def test_experiment_results_do_not_depend_on_the_number_of_workers():
     strip = lambda runs: [{k: v for k, v in r.items() if k != "seconds"} for r in runs]  # noqa: E731
     assert strip(shared["runs"]) == strip(alone["runs"])
     assert shared["summary"] == alone["summary"]
+
+
+def test_learning_rate_labels_name_the_rate_each_run_used():
+    """Every learning rate of the experiments' plan and of the comparison's DPO grid is labelled with a
+    text that reads back as that very rate (3.3e-5 is not shown as 3e-05), in the reports and figures."""
+    from ppo_lesson.beyond_ppo import comparison_plan
+    from ppo_lesson.config import lesson_config
+    from ppo_lesson.experiments.plan import experiment_plan
+    from ppo_lesson.stats import lr_text
+
+    assert [lr_text(x) for x in (3.3e-5, 1e-4, 3.3e-4, 1e-3, 3e-6)] == ["3.3e-5", "1e-4", "3.3e-4", "1e-3", "3e-6"]
+    cfg = lesson_config()
+    plan = experiment_plan(cfg)
+    lrs = {run["ppo"]["lr"] for experiment in plan.values() for run in experiment["runs"] if "lr" in run["ppo"]}
+    lrs |= set(comparison_plan(cfg)["dpo"]["learning_rates"]) | set(comparison_plan(cfg)["learning_rates"])
+    assert {3.3e-5, 3.3e-4, 3e-6} <= lrs
+    assert all(float(lr_text(lr)) == lr for lr in lrs), sorted(lrs)

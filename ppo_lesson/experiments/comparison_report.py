@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..beyond_ppo import RL_METHODS
 from ..curves import CURVE_WINDOW
-from ..stats import mean_or_none, rounded, trailing_mean
+from ..stats import lr_text, mean_or_none, rounded, trailing_mean
 
 
 def _rounded_mean(values) -> float | None:
@@ -93,13 +93,13 @@ def report(result: dict) -> str:
     ]
     for method, label in {**RL_METHODS, "dpo": "DPO"}.items():
         info = summary["methods"][method]
-        search = ", ".join(f"{lr:.0e}: {g:.3f}" for lr, g in info["lr_search"].items())
+        search = ", ".join(f"{lr_text(lr)}: {g:.3f}" for lr, g in info["lr_search"].items())
         cells = "; ".join(
             f"{p['gold_reward']:.3f} / {p['valid_fraction']:.3f} / {p['kl_to_reference']:.2f}"
             + (f" / {p['seconds']:.0f}s" if "seconds" in p else "")
             for p in info["per_seed"]
         )
-        lines.append(f"  {label:<22} lr {info['best_lr']:.0e} ({search}): {cells}")
+        lines.append(f"  {label:<22} lr {lr_text(info['best_lr'])} ({search}): {cells}")
     lines.append("per seed: critic gain (PPO - V=0), GRPO - PPO, RLOO - PPO, DPO - PPO (gold), DPO - PPO (KL):")
     for row in summary["per_seed"]:
         bon = row["best_of_n_at_ppo_kl"]

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 from ..curves import CURVE_WINDOW
 from ..plots import experiments as experiment_plots
 from ..plots import style
+from ..stats import lr_text
 from .summary import curve, runs_of
 
 FIGURES = {  # figure names; the full lesson run writes them into the repository's figures/
@@ -57,7 +58,7 @@ def _sample_efficiency_data(result: dict) -> dict:
     curves, search, speed = {}, {}, {}
     for method, info in eff["methods"].items():
         label = METHOD_LABELS[method]
-        curves[f"{label} (lr {info['best_lr']:.0e})"] = {
+        curves[f"{label} (lr {lr_text(info['best_lr'])})"] = {
             r["seed"]: ([(h["iteration"] + 1) * batch for h in r["history"]], curve(r, "gold_reward"))
             for r in runs_of(result, "sample_efficiency", info["best_variant"])
         }

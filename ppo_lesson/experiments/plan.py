@@ -4,6 +4,7 @@ built from the named variants of ``ppo_lesson.variants``."""
 from __future__ import annotations
 
 from ..config import Config
+from ..stats import lr_text
 from ..variants import adaptive_kl_penalty, fixed_kl_penalty, heavy_reuse, no_kl_penalty, vanilla_pg
 
 EXPERIMENTS = ("sample_efficiency", "stability", "reward_hacking")
@@ -50,7 +51,7 @@ def _sample_efficiency(cfg: Config, iterations: int, quick: bool) -> dict:
     if quick:
         lrs = {"ppo": [lr], "pg": [two_significant_digits(10 * lr / 3)]}
     runs = [
-        {"variant": f"{method} lr={x:.0e}", "method": method, "lr": x,
+        {"variant": f"{method} lr={lr_text(x)}", "method": method, "lr": x,
          "ppo": {"lr": x, "iterations": iterations} if method == "ppo" else {**vanilla_pg(x), "iterations": iterations}}
         for method in ("ppo", "pg") for x in lrs[method]
     ]  # fmt: skip
@@ -66,7 +67,7 @@ def _sample_efficiency(cfg: Config, iterations: int, quick: bool) -> dict:
 def _stability(iterations: int, learning_rates: list[float]) -> dict:
     """The clipped against the unclipped surrogate at each learning rate, 16 steps per batch, no early stop."""
     runs = [
-        {"variant": f"{'clipped' if clip else 'unclipped'} lr={x:.0e}", "clip": clip, "lr": x,
+        {"variant": f"{'clipped' if clip else 'unclipped'} lr={lr_text(x)}", "clip": clip, "lr": x,
          "ppo": {**heavy_reuse(clip), "lr": x, "iterations": iterations}}
         for x in learning_rates for clip in (True, False)
     ]  # fmt: skip

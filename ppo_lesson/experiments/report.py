@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..stats import lr_text
+
 
 def report(result: dict) -> str:
     """A plain-text report of the summary, one section per experiment."""
@@ -24,8 +26,8 @@ def _sample_efficiency_lines(eff: dict) -> list[str]:
     for method, info in eff["methods"].items():
         lines.append(f"   {method}: lr search, mean final gold and samples to {level} per seed:")
         for v in info["search"].values():
-            lines.append(f"     lr {v['lr']:.0e}: {v['final_gold_mean']:.3f}; {v['samples_to_level']}")
-        lines.append(f"   {method} at lr {info['best_lr']:.0e} (best mean final gold):")
+            lines.append(f"     lr {lr_text(v['lr'])}: {v['final_gold_mean']:.3f}; {v['samples_to_level']}")
+        lines.append(f"   {method} at lr {lr_text(info['best_lr'])} (best mean final gold):")
         for p in info["per_seed"]:
             along = ", ".join(f"{n}: {g:.2f}" for n, g in p["gold_on_policy_at_samples"].items())
             lines.append(

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 
 from ..beyond_ppo import RL_METHODS
 from ..curves import CURVE_WINDOW
-from ..stats import trailing_mean
+from ..stats import lr_text, trailing_mean
 from .style import RAW_ALPHA, SMALL_FONT, style_axes
 
 COLORS = {"ppo": "C0", "ppo_v0": "C1", "grpo": "C2", "rloo": "C3", "dpo": "C4", "best_of_n": "C7"}
@@ -39,7 +39,7 @@ def plot_rl_methods(result: dict):
             for curve in curves:
                 ax.plot(samples, curve, color=color, alpha=RAW_ALPHA, lw=1)
             mean = [sum(v) / len(v) for v in zip(*curves)]
-            ax.plot(samples, mean, color=color, lw=2.2, label=f"{label} (lr {lr:.0e})")
+            ax.plot(samples, mean, color=color, lw=2.2, label=f"{label} (lr {lr_text(lr)})")
         seconds = [r["seconds"] for r in runs]
         ax_time.scatter([label] * len(seconds), seconds, color=color, s=30)
     ax_gold.set(xlabel="sampled answers", ylabel=f"gold reward ({CURVE_WINDOW}-iteration mean, on-policy)")
@@ -66,7 +66,7 @@ def plot_gold_vs_kl(result: dict):
         history = record["runs"][str(dpo_lr)]["history"]
         ax.plot(
             [h["kl"] for h in history], [h["gold_reward"] for h in history], "o-", color=COLORS["dpo"], ms=3,
-            alpha=0.7, label=f"DPO over passes (lr {dpo_lr:.0e})" if i == 0 else None,
+            alpha=0.7, label=f"DPO over passes (lr {lr_text(dpo_lr)})" if i == 0 else None,
         )  # fmt: skip
     rows = list(zip(*[r["rows"] for r in result["best_of_n"]]))
     bound = [r[0]["kl_bound"] for r in rows]
@@ -86,7 +86,7 @@ def _draw_dpo_passes(ax_dpo, dpo_records: list[dict]) -> None:
         for run in record["runs"].values():
             passes = [h["passes"] for h in run["history"]]
             style = styles[run["lr"]]
-            label = f"lr {run['lr']:.0e}" if record is dpo_records[0] else None
+            label = f"lr {lr_text(run['lr'])}" if record is dpo_records[0] else None
             ax_dpo.plot(passes, [h["gold_reward"] for h in run["history"]], style, color=COLORS["dpo"], label=label)
             ax_dpo_kl.plot(passes, [h["kl"] for h in run["history"]], style, color="gray", alpha=0.7)
     ax_dpo.set(xlabel="passes over the preference pairs", ylabel="gold reward (purple)")

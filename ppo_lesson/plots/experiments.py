@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from ..stats import trailing_mean
+from ..stats import lr_text, trailing_mean
 from .style import RAW_ALPHA, style_axes
 
 
@@ -118,10 +118,10 @@ def plot_stability(runs: list[dict], smooth: int = 5):
                 kwargs = {"color": colors[label], "alpha": 0.8, "lw": 1.3, "label": label if i == 0 else None}
                 ax_gold.plot(run["iteration"], trailing_mean(run["gold"], smooth), **kwargs)
                 ax_kl.plot(run["iteration"], trailing_mean(run["kl"], smooth), **kwargs)
-        ax_gold.set_title(f"lr {lr:.0e}: gold reward (one line per seed)")
+        ax_gold.set_title(f"lr {lr_text(lr)}: gold reward (one line per seed)")
         ax_gold.set_ylabel(f"gold reward ({smooth}-iteration mean)")
         scale = _kl_axis(ax_kl, "y", [k for r in runs if r["lr"] == lr for k in trailing_mean(r["kl"], smooth)])
-        ax_kl.set_title(f"lr {lr:.0e}: KL to the reference")
+        ax_kl.set_title(f"lr {lr_text(lr)}: KL to the reference")
         ax_kl.set_ylabel(f"KL (nats per answer{scale}), {smooth}-iteration mean")
         for ax in (ax_gold, ax_kl):
             ax.set_xlabel("PPO iteration")
@@ -157,7 +157,7 @@ def plot_reward_hacking(runs: list[dict], lr: float | None = None, smooth: int =
     ax_kl.set_ylabel(f"KL to the reference (nats per answer{scale})")
     ax_kl.set_title("KL to the reference over training")
     style_axes(ax_proxy, ax_gold, ax_kl, legend="small")
-    fig.suptitle("Reward hacking" + (f" (lr {lr:.0e}; dots: end of training)" if lr else ""))
+    fig.suptitle("Reward hacking" + (f" (lr {lr_text(lr)}; dots: end of training)" if lr else ""))
     return fig
 
 
