@@ -21,21 +21,26 @@ from .config import Config
 from .errors import CheckpointError
 from .stages import code_fingerprint, stage_key
 
-FORMAT_VERSION = 2  # 2: tensors packed in one buffer per dtype; files of format 1 (a record per tensor) still load
+FORMAT_VERSION = 1  # the state dict as it is: a record per tensor, readable with a plain torch.load
+PACKED_FORMAT = 2  # the tensors packed in one buffer per dtype (``pack_tensors``): for checkpoints written often
 STALE_TMP_SECONDS = 600  # a save takes about a second: a .tmp untouched this long was left by a killed one
 
 
-def save_checkpoint(path, state_dict: dict, cfg: Config, kind: str, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path, state_dict: dict, cfg: Config, kind: str, extra: dict | None = None, packed: bool = False
+) -> Path:
     """Write {kind, config, state_dict, extra} to ``path`` atomically: a temporary file in the same
-    folder, then a rename, so an interrupted save never leaves a half-written checkpoint."""
+    folder, then a rename, so an interrupted save never leaves a half-written checkpoint. ``packed``
+    stores the tensors with ``pack_tensors`` (a PPO run saves its state after every iteration);
+    ``load_checkpoint`` reads both kinds and returns the same state dict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp_files(path)
     payload = {
-        "format": FORMAT_VERSION,
+        "format": PACKED_FORMAT if packed else FORMAT_VERSION,
         "kind": kind,
         "config": cfg.to_dict(),
-        "state_dict": pack_tensors(state_dict),
+        "state_dict": pack_tensors(state_dict) if packed else {k: v.detach().cpu() for k, v in state_dict.items()},
         "extra": extra or {},
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -146,11 +151,12 @@ def load_checkpoint(path, kind: str, cfg: Config | None = None, sections=("model
     fields = {"kind": str, "config": dict, "state_dict": dict, "extra": dict}
     if (
         not isinstance(payload, dict)
-        or payload.get("format") not in (1, FORMAT_VERSION)
+        or payload.get("format") not in (FORMAT_VERSION, PACKED_FORMAT)
         or not all(isinstance(payload.get(key), kind_of_value) for key, kind_of_value in fields.items())
     ):
-        raise CheckpointError(f"path: {path} is not a ppo_lesson checkpoint (format 1 or {FORMAT_VERSION})")
-    if payload["format"] == FORMAT_VERSION:
+        formats = f"format {FORMAT_VERSION} or {PACKED_FORMAT}"
+        raise CheckpointError(f"path: {path} is not a ppo_lesson checkpoint ({formats})")
+    if payload["format"] == PACKED_FORMAT:
         try:
             payload["state_dict"] = unpack_tensors(payload["state_dict"])
         except (ValueError, RuntimeError, TypeError) as err:  # RuntimeError: a shape that does not fit its values

@@ -199,8 +199,8 @@ def test_packed_tensors_round_trip_every_dtype_and_shape():
 
 
 def test_packed_file_with_damaged_parts_is_refused(tmp_path, tiny_cfg, random_model):
-    """A format-2 file whose shapes no longer add up to its buffer gives a CheckpointError naming the path."""
-    path = save_checkpoint(tmp_path / "p.pt", random_model.state_dict(), tiny_cfg, "policy")
+    """A packed file whose shapes no longer add up to its buffer gives a CheckpointError naming the path."""
+    path = save_checkpoint(tmp_path / "p.pt", random_model.state_dict(), tiny_cfg, "policy", packed=True)
     payload = torch.load(path, weights_only=True)
     payload["state_dict"]["shapes"][0] = [1]
     torch.save(payload, path)
@@ -208,11 +208,14 @@ def test_packed_file_with_damaged_parts_is_refused(tmp_path, tiny_cfg, random_mo
         load_checkpoint(path, "policy", tiny_cfg)
 
 
-def test_files_of_format_1_still_load(tmp_path, tiny_cfg, random_model):
-    """A checkpoint written before tensors were packed (format 1: the state dict as it is) still loads:
-    a stage cache from an older checkout is not thrown away."""
-    path = tmp_path / "old.pt"
+def test_packed_and_plain_checkpoints_load_to_the_same_state_dict(tmp_path, tiny_cfg, random_model):
+    """save_checkpoint writes the plain format (a record per tensor, what a bare torch.load reads as a state
+    dict) unless asked to pack; load_checkpoint returns equal tensors under the same names from both."""
     state = random_model.state_dict()
-    torch.save({"format": 1, "kind": "policy", "config": tiny_cfg.to_dict(), "state_dict": state, "extra": {}}, path)
-    loaded = load_checkpoint(path, "policy", tiny_cfg)["state_dict"]
-    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    plain = save_checkpoint(tmp_path / "plain.pt", state, tiny_cfg, "policy")
+    packed = save_checkpoint(tmp_path / "packed.pt", state, tiny_cfg, "policy", packed=True)
+    assert torch.load(plain, weights_only=True)["state_dict"].keys() == state.keys()
+    assert torch.load(packed, weights_only=True)["format"] == checkpoints.PACKED_FORMAT
+    for path in (plain, packed):
+        loaded = load_checkpoint(path, "policy", tiny_cfg)["state_dict"]
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
