@@ -7,7 +7,8 @@ Five tables, written to ``bench.json`` too:
    exactly the asked-for length;
 2. one pretraining step, split into sampling the supervised batch and the optimizer step;
 3. one PPO iteration, split into rollout generation, scoring (policy re-score, reference and
-   reward model), bookkeeping (rewards, GAE, whitening, gold scores, statistics) and the update;
+   reward model), bookkeeping (rewards, GAE, whitening, gold scores, statistics), the update, and what
+   the loop of ``run`` adds after it (the undo copy of the trainer's state and the checkpoint);
 4. the wall time of each stage of ``run`` (the real stages, trained afresh: no cache);
 5. the distance to the limit: the FLOP/s a pretraining step and a PPO update achieve, next to the
    FLOP/s of plain ``torch.mm``/``torch.bmm`` at the model's own matrix shapes on this machine, and the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -161,7 +163,9 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
     """Milliseconds per PPO iteration in each phase, over ``iterations`` iterations of the same
     ``PPOTrainer`` that ``finetune_ppo`` runs (its setup, seeds and code), with the rollout and the
     update timed apart. Generation and scoring are timed once more alone, on the rollout's own sources
-    and answers; bookkeeping is the rest of the rollout."""
+    and answers; bookkeeping is the rest of the rollout. The last two phases are what the loop of ``run``
+    adds after each iteration: the copy of the trainer's state that an interrupted next iteration goes back
+    to, and the checkpoint written from it."""
     from .finetune import PPOAgent, PPOTrainer
     from .task import gold_scores
 
@@ -170,8 +174,9 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
     agent = PPOAgent(copy.deepcopy(policy))
     trainer = PPOTrainer(agent, copy.deepcopy(policy), copy.deepcopy(reward_model), cfg, device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    seconds = dict.fromkeys(("rollout", "generation", "scoring", "update", "gold"), 0.0)
+    seconds = dict.fromkeys(("rollout", "generation", "scoring", "update", "gold", "undo copy", "checkpoint"), 0.0)
     update_flops = 0.0
+    folder = tempfile.TemporaryDirectory()
     for _ in range(iterations):
         start = time.perf_counter()
         memory, rollout = trainer.rollout()
@@ -179,6 +184,10 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
         start = time.perf_counter()
         row = trainer.learn(memory, rollout)
         seconds["update"] += time.perf_counter() - start
+        start = time.perf_counter()
+        state = trainer.state()
+        seconds["undo copy"] += time.perf_counter() - start
+        seconds["checkpoint"] += _seconds(trainer.save, Path(folder.name) / "ppo_state.pt", state)
         src, tokens, mask = memory.data["src"], memory.data["tokens"], memory.data["mask"]
         max_len, temperature = cfg.task.max_target_len, ppo_cfg.temperature
         seconds["generation"] += _seconds(agent.policy.generate, src, max_len, temperature, generator=generator)
@@ -191,7 +200,10 @@ def bench_ppo_iteration(cfg: Config, policy, reward_model, iterations: int = 10,
         "scoring": seconds["scoring"],
         "bookkeeping": max(0.0, seconds["rollout"] - seconds["generation"] - seconds["scoring"]),
         "update": seconds["update"],
+        "undo copy": seconds["undo copy"],
+        "checkpoint": seconds["checkpoint"],
     }
+    folder.cleanup()
     total = sum(phases.values())
     minibatch_shapes = matmul_shapes(
         cfg.model, ppo_cfg.rollout_batch // ppo_cfg.minibatches, src.size(1), tokens.size(1), True
