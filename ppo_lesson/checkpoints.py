@@ -57,8 +57,8 @@ def save_checkpoint(
 
 def pack_tensors(tensors: dict) -> dict:
     """{name: tensor} as {"names", "shapes", "dtypes", "buffers"}: the tensors laid end to end in one flat
-    buffer per dtype. torch.save writes a zip record and pickles through Python for every tensor, so a
-    PPO checkpoint of some 560 small tensors took about 13 ms as they are and takes about 4 ms packed."""
+    buffer per dtype. torch.save writes a zip record and pickles through Python for every tensor: a PPO
+    checkpoint of some 560 small tensors took about 14 ms to save as they are, and takes about 6 ms packed."""
     names, shapes, dtypes, parts = [], [], [], {}
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
