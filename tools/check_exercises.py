@@ -56,9 +56,22 @@ def submit(course: Path, student: str, fill_in: bool) -> None:
     nbgrader(course, "db", "student", "add", student)
 
 
-def autograde(course: Path, student: str) -> float:
+def kernel_transport(sockets: Path, student: str) -> list[str]:
+    """Command-line options that make nbgrader's kernels talk over Unix sockets under `sockets`.
+
+    The two submissions are graded at once, so two processes start kernels at the same moment. Over TCP each
+    picks free ports, closes them and hands them to its kernel; in that gap the other process can take one
+    and the kernel dies at start ("Kernel died before replying to kernel_info": it happened in CI). Sockets
+    with a prefix of their own per student cannot collide. The prefix is absolute because the kernel runs
+    in the notebook's folder and nbgrader in the course folder. Windows has no Unix sockets: TCP there."""
+    if os.name != "posix":
+        return []
+    return ["--KernelManager.transport=ipc", f"--KernelManager.ip={sockets / student}"]
+
+
+def autograde(course: Path, student: str, sockets: Path) -> float:
     start = time.perf_counter()
-    nbgrader(course, "autograde", ASSIGNMENT, "--student", student, "--force")
+    nbgrader(course, "autograde", ASSIGNMENT, "--student", student, "--force", *kernel_transport(sockets, student))
     return time.perf_counter() - start
 
 
@@ -182,9 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     start_cache = time.perf_counter()
     fill_stage_cache()
     seconds["stage cache"] = time.perf_counter() - start_cache
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {student: pool.submit(autograde, course, student) for student, course in courses.items()}
-        seconds.update({f"autograde {student}": f.result() for student, f in futures.items()})
+    # a short folder of its own: a Unix socket's path may hold at most about 100 characters
+    sockets = Path(tempfile.mkdtemp(prefix="ppo-kernels-"))
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = {student: pool.submit(autograde, course, student, sockets) for student, course in courses.items()}
+            seconds.update({f"autograde {student}": f.result() for student, f in futures.items()})
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     results = {student: (scores(course, student), errors(course, student)) for student, course in courses.items()}
     seconds["total"] = time.perf_counter() - start
     report(results["solved"], results["untouched"], seconds)

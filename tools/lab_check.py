@@ -157,6 +157,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def kernel_transport(runtime_dir: Path) -> list[str]:
+    """Kernels over Unix sockets where the system has them and the socket paths stay short enough.
+
+    CI runs this test beside nbval, which starts kernels of its own. Over TCP a kernel's ports are picked
+    free, closed and handed to the kernel, and another process can take one in that gap: the kernel then
+    dies at start. A kernel's sockets are named after its connection file in `runtime_dir`
+    (kernel-<uuid>-ipc-<n>), and a Unix socket's path may hold at most about 100 characters."""
+    longest = runtime_dir / f"kernel-{'0' * 36}-ipc-99"
+    return ["--KernelManager.transport=ipc"] if os.name == "posix" and len(str(longest)) <= 100 else []
+
+
 def start_lab(served: Path, scratch: Path, figures_out: Path, port: int, log) -> subprocess.Popen:
     """JupyterLab 4 from the venv on 127.0.0.1:port, no token, settings and workspaces in scratch."""
     settings = scratch / "lab-settings"
@@ -180,6 +191,7 @@ def start_lab(served: Path, scratch: Path, figures_out: Path, port: int, log) ->
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")
+    command += kernel_transport(scratch / "jupyter-runtime")
     lab = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
