@@ -121,6 +121,7 @@ def distance_to_limit(flops: float, seconds: float, shapes, seconds_in_matmuls, 
 
 def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
     """Milliseconds per pretraining step: sampling the supervised batch, and forward + backward + Adam."""
+    from .flat_adam import FlatAdam
     from .model import Seq2SeqTransformer
     from .pretrain import teacher_forcing_loss
     from .task import supervised_batch
@@ -128,7 +129,7 @@ def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model = Seq2SeqTransformer(cfg.model).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain.lr, fused=True)  # as pretrain() builds it
+    opt = FlatAdam([{"params": list(model.parameters())}], lr=cfg.pretrain.lr)  # as pretrain() builds it
     batches = []
     sample = lambda: batches.append(supervised_batch(cfg.pretrain.batch_size, cfg.task, rng))  # noqa: E731
     seconds_batch = best_seconds(lambda: [sample() for _ in range(steps)], 2) / steps
@@ -139,7 +140,7 @@ def bench_pretrain_step(cfg: Config, steps: int = 20, device="cpu") -> dict:
             loss = teacher_forcing_loss(model, src, tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain.grad_clip, foreach=True)
+            opt.clip_grad_norm_(cfg.pretrain.grad_clip)
             opt.step()
             loss.item()
 

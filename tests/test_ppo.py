@@ -223,6 +223,18 @@ def _rollout(policy, reward_model, cfg, n=32, seed=0, kl_beta=0.1):
     return agent, reference, src, memory, stats
 
 
+def test_rollout_tensors_are_plain_and_equal_to_a_graded_pass(tiny_cfg, tiny_policy, tiny_reward_model):
+    """collect_rollouts runs its model passes in inference mode: what it stores must still be ordinary
+    tensors (usable in a backward pass), and the old logprobs and values equal, bit for bit, the pass with
+    autograd on that the update makes: the first ratio is exactly 1."""
+    agent, _, src, memory, _ = _rollout(tiny_policy, tiny_reward_model, tiny_cfg)
+    assert not any(t.is_inference() for t in memory.data.values())
+    logprobs, _, values = agent(src, memory.data["tokens"], tiny_cfg.ppo.temperature)
+    assert logprobs.requires_grad
+    assert torch.equal(logprobs.detach(), memory.data["old_logprobs"])
+    assert torch.equal(values.detach(), memory.data["old_values"])
+
+
 def _ppo_loss(agent, data, cfg):
     logprobs, _, values = agent(data["src"], data["tokens"], cfg.ppo.temperature)
     pg = clipped_surrogate_loss(logprobs, data["old_logprobs"], data["advantages"], data["mask"], cfg.ppo.clip_eps)

@@ -29,7 +29,7 @@ def test_value_head_has_its_own_learning_rate(tiny_cfg, tiny_policy, tiny_reward
     trainer = PPOTrainer(PPOAgent(tiny_policy), copy.deepcopy(tiny_policy), tiny_reward_model, cfg)
     groups = trainer.optimizer.param_groups
     assert [g["lr"] for g in groups] == [1e-5, 2e-3]
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in trainer.agent.value_head.parameters()}
+    assert {id(p) for p in trainer.optimizer.params[1]} == {id(p) for p in trainer.agent.value_head.parameters()}
 
 
 def test_without_critic_values_are_zero_and_the_value_head_never_moves(tiny_cfg, tiny_policy, tiny_reward_model):

@@ -1,0 +1,162 @@
+"""Adam over parameters laid end to end in one buffer per parameter group: the same updates as
+``torch.optim.Adam(..., fused=True)`` and ``clip_grad_norm_`` on the separate tensors, bit for bit, at a
+fraction of the cost per step for a small model.
+
+A Transformer of this size has about a hundred parameter tensors of a few thousand numbers each, and Adam
+and the gradient clip spend most of their time in Python, once per tensor. For the PPO agent's 93 tensors
+on 2 cores: fused Adam's step 0.36 ms and ``clip_grad_norm_`` 0.23-0.32 ms, next to about 11 ms of forward
+and backward for a PPO minibatch. Here every parameter becomes a view into one buffer per group, so Adam
+updates one tensor per group (0.06 ms) and the clip scales one tensor per group (0.19 ms with the norms it
+still takes tensor by tensor). Backward still writes a gradient per parameter; they are copied into one
+buffer per group first (one ``torch.cat``: 0.12 ms with the Python around it). In all about 0.39 ms a step
+instead of 0.70.
+
+Bit for bit: Adam is elementwise, so one long tensor gets the same numbers as many short ones. The clip's
+norm is still taken tensor by tensor (``torch._foreach_norm`` through ``get_total_norm``, over views of the
+buffer), then over those norms, exactly as ``clip_grad_norm_`` does, so it rounds the same way
+(tests/test_flat_adam.py trains both ways and compares every weight)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FlatAdam:
+    """``torch.optim.Adam(groups, fused=True, **adam_kwargs)`` with each group's parameters in one buffer.
+
+    groups: Adam parameter groups (dicts with "params" and per-group options such as "lr"). From here on
+    the parameters are views into their group's buffer (``module.load_state_dict`` and in-place updates
+    keep them there). Call ``zero_grad`` before each backward, then ``clip_grad_norm_`` (optional) and
+    ``step``. ``optimizer`` is the torch Adam over the buffers (a learning-rate scheduler wraps it);
+    ``state_dict`` holds one entry per group, and ``load_state_dict`` also takes the per-parameter state
+    of a plain Adam over the same groups (an older checkpoint), which it lays end to end the same way."""
+
+    def __init__(self, groups: list[dict], **adam_kwargs):
+        if "fused" in adam_kwargs or "foreach" in adam_kwargs:
+            raise ValueError("adam_kwargs: expected no 'fused' or 'foreach' (FlatAdam always runs fused Adam)")
+        self.params: list[list[nn.Parameter]] = []
+        self.buffers: list[nn.Parameter] = []  # one per group: Adam's only parameter in that group
+        self.grad_buffers: list[torch.Tensor] = []
+        self.grad_views: list[list[torch.Tensor]] = []
+        seen: set[int] = set()
+        adam_groups = []
+        for index, group in enumerate(groups):
+            params = list(group["params"])
+            self._check_group(index, params, seen)
+            buffer = torch.cat([p.detach().reshape(-1) for p in params])
+            grad_buffer = torch.zeros_like(buffer)
+            views, offset = [], 0
+            for p in params:
+                n = p.numel()
+                p.data = buffer[offset : offset + n].view_as(p)  # the parameter now lives in the buffer
+                views.append(grad_buffer[offset : offset + n].view_as(p))
+                offset += n
+            self.params.append(params)
+            self.buffers.append(nn.Parameter(buffer))  # shares the buffer's memory
+            self.grad_buffers.append(grad_buffer)
+            self.grad_views.append(views)
+            adam_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [self.buffers[-1]]})
+        self.optimizer = torch.optim.Adam(adam_groups, fused=True, **adam_kwargs)
+        self._gathered = False
+
+    @staticmethod
+    def _check_group(index: int, params: list, seen: set[int]) -> None:
+        if not params:
+            raise ValueError(f"groups[{index}]: expected at least one parameter, got none")
+        for p in params:
+            if not isinstance(p, nn.Parameter) or not p.is_leaf:
+                raise TypeError(f"groups[{index}]: expected nn.Parameter leaves, got {type(p).__name__}")
+            if id(p) in seen:
+                raise ValueError(f"groups[{index}]: a parameter appears twice (in this group or an earlier one)")
+            seen.add(id(p))
+        first = params[0]
+        if any(p.dtype != first.dtype or p.device != first.device for p in params):
+            raise ValueError(f"groups[{index}]: expected one dtype and device for all parameters of a group")
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget every gradient (the parameters' and the buffers')."""
+        for params, buffer in zip(self.params, self.buffers):
+            for p in params:
+                p.grad = None if set_to_none else (p.grad.zero_() if p.grad is not None else None)
+            buffer.grad = None
+        self._gathered = False
+
+    def gather_grads(self) -> None:
+        """Copy the parameters' gradients into their group's buffer (once per backward). A group whose
+        parameters have no gradient at all is skipped by the step, as torch's Adam skips such parameters;
+        a group where only some have one is refused (the per-tensor Adam would move only those)."""
+        for index, (params, buffer, grad_buffer) in enumerate(zip(self.params, self.buffers, self.grad_buffers)):
+            grads = [p.grad for p in params]
+            missing = sum(g is None for g in grads)
+            if missing == len(grads):
+                buffer.grad = None
+                continue
+            if missing:
+                raise RuntimeError(
+                    f"groups[{index}]: {missing} of {len(grads)} parameters got no gradient from backward; "
+                    "FlatAdam needs all or none of a group's parameters in the loss"
+                )
+            torch.cat([g.reshape(-1) for g in grads], out=grad_buffer)
+            buffer.grad = grad_buffer
+        self._gathered = True
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """``nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)`` over the groups' parameters in
+        the order given: returns the total norm of the gradients before clipping, and scales them to at
+        most ``max_norm``. (The norm of the per-tensor norms rounds as the plain clip's when that order is
+        the one the plain clip gets, e.g. ``module.parameters()`` split into consecutive groups.)"""
+        if not self._gathered:
+            self.gather_grads()
+        active = [i for i, buffer in enumerate(self.buffers) if buffer.grad is not None]
+        views = [view for i in active for view in self.grad_views[i]]  # the per-tensor norms, as torch takes them
+        total = nn.utils.get_total_norm(views, 2.0, error_if_nonfinite=False, foreach=True)
+        nn.utils.clip_grads_with_norm_([self.buffers[i] for i in active], max_norm, total, foreach=True)
+        return total
+
+    def step(self) -> None:
+        if not self._gathered:
+            self.gather_grads()
+        self.optimizer.step()
+        self._gathered = False
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """The state from ``state_dict()``, or a plain Adam's over the same groups (one entry per parameter)."""
+        sizes = [len(params) for params in self.params]
+        if len(state_dict["param_groups"]) != len(sizes):
+            raise ValueError(
+                f"state_dict: expected {len(sizes)} parameter groups, got {len(state_dict['param_groups'])}"
+            )
+        per_parameter = [len(g["params"]) for g in state_dict["param_groups"]]
+        if per_parameter != [1] * len(sizes):
+            if per_parameter != sizes:
+                raise ValueError(
+                    f"state_dict: expected groups of {[1] * len(sizes)} (FlatAdam) or {sizes} parameters "
+                    f"(a plain Adam over the same groups), got {per_parameter}"
+                )
+            state_dict = self._flatten_state(state_dict)
+        self.optimizer.load_state_dict(state_dict)
+
+    def _flatten_state(self, state_dict: dict) -> dict:
+        """A plain Adam's per-parameter moments laid end to end in each group's order."""
+        state, groups = {}, []
+        for index, group in enumerate(state_dict["param_groups"]):
+            entries = [state_dict["state"].get(i) for i in group["params"]]
+            if all(e is None for e in entries):
+                pass  # never stepped: no state, like a fresh Adam
+            elif any(e is None for e in entries) or len({float(e["step"]) for e in entries}) != 1:
+                raise ValueError(f"state_dict: group {index} has parameters that took different numbers of steps")
+            else:
+                state[index] = {
+                    "step": entries[0]["step"].clone(),
+                    **{k: torch.cat([e[k].reshape(-1) for e in entries]) for k in entries[0] if k != "step"},
+                }
+            groups.append({**group, "params": [index]})
+        return {"state": state, "param_groups": groups}
