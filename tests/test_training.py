@@ -161,6 +161,8 @@ def test_state_is_a_copy_and_the_checkpoint_holds_all_of_it(tiny_cfg, tiny_polic
         {"agent": trainer.agent.state_dict(), "optimizer": trainer.optimizer.state_dict(), "history": trainer.history}
     )
     assert all(_states_equal(state[k], deep[k]) for k in deep)
+    storages = {t.untyped_storage().data_ptr() for t in state["agent"].values()}
+    assert len(storages) == 2, "the weights are copied as one clone per FlatAdam buffer (policy, value head)"
     trainer.save(tmp_path / "state.pt", state)
     trainer.iteration()  # moves every weight and moment
     assert not _states_equal(trainer.agent.state_dict(), deep["agent"])
