@@ -45,17 +45,13 @@ class FlatAdam:
             params = list(group["params"])
             self._check_group(index, params, seen)
             buffer = torch.cat([p.detach().reshape(-1) for p in params])
+            for p, view in zip(params, _views(buffer, params)):
+                p.data = view  # the parameter now lives in the buffer
             grad_buffer = torch.zeros_like(buffer)
-            views, offset = [], 0
-            for p in params:
-                n = p.numel()
-                p.data = buffer[offset : offset + n].view_as(p)  # the parameter now lives in the buffer
-                views.append(grad_buffer[offset : offset + n].view_as(p))
-                offset += n
             self.params.append(params)
             self.buffers.append(nn.Parameter(buffer))  # shares the buffer's memory
             self.grad_buffers.append(grad_buffer)
-            self.grad_views.append(views)
+            self.grad_views.append(_views(grad_buffer, params))
             adam_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [self.buffers[-1]]})
         self.optimizer = torch.optim.Adam(adam_groups, fused=True, **adam_kwargs)
         self._gathered = False
@@ -77,14 +73,7 @@ class FlatAdam:
     def copy_parameters(self) -> list[list[torch.Tensor]]:
         """A copy of every parameter, group by group in the groups' order: one clone of each buffer and a
         view into it per parameter (about 0.1 ms for the PPO agent instead of 0.3 for 93 clones)."""
-        copies = []
-        for params, buffer in zip(self.params, self.buffers):
-            clone, offset, views = buffer.detach().clone(), 0, []
-            for p in params:
-                views.append(clone[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
-            copies.append(views)
-        return copies
+        return [_views(buffer.detach().clone(), params) for params, buffer in zip(self.params, self.buffers)]
 
     @property
     def param_groups(self) -> list[dict]:
@@ -172,3 +161,12 @@ class FlatAdam:
                 }
             groups.append({**group, "params": [index]})
         return {"state": state, "param_groups": groups}
+
+
+def _views(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views into ``flat``, one per parameter, shaped like it and laid end to end in the parameters' order."""
+    views, offset = [], 0
+    for p in params:
+        views.append(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return views
