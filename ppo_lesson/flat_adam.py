@@ -21,29 +21,54 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+ADAM_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0}  # torch Adam's
+# the rest of a torch Adam group's options, at the values FlatAdam always runs with (kept in its param_groups
+# so that its state_dict reads like the torch Adam's it replaced, and loads one)
+_FIXED_OPTIONS = {
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "fused": True,
+    "decoupled_weight_decay": False,
+}
+
 
 class FlatAdam:
     """``torch.optim.Adam(groups, fused=True, **adam_kwargs)`` with each group's parameters in one buffer.
 
-    groups: Adam parameter groups (dicts with "params" and per-group options such as "lr"). From here on
-    the parameters are views into their group's buffer (``module.load_state_dict`` and in-place updates
-    keep them there). Call ``zero_grad`` before each backward, then ``clip_grad_norm_`` (optional) and
-    ``step``. ``optimizer`` is the torch Adam over the buffers (a learning-rate scheduler wraps it);
-    ``state_dict`` holds one entry per group, and ``load_state_dict`` also takes the per-parameter state
-    of a plain Adam over the same groups (an older checkpoint), which it lays end to end the same way."""
+    groups: Adam parameter groups (dicts with "params" and per-group options such as "lr"); adam_kwargs: the
+    defaults of ``lr``, ``betas``, ``eps`` and ``weight_decay``. From here on the parameters are views into
+    their group's buffer (``module.load_state_dict`` and in-place updates keep them there). Call ``zero_grad``
+    before each backward, then ``clip_grad_norm_`` (optional) and ``step``. ``param_groups`` holds each group's
+    options (set ``"lr"`` there to schedule the learning rate); ``state_dict`` has the layout of a torch Adam
+    over the buffers, and ``load_state_dict`` also takes the per-parameter state of a plain Adam over the same
+    groups (an older checkpoint), which it lays end to end the same way.
+
+    The step runs the kernel ``torch.optim.Adam(fused=True)`` runs, ``torch._fused_adam_``, without a
+    ``torch.optim.Optimizer`` around it: building one imports ``torch._dynamo``, about 0.7-0.9 s per process
+    on 2 cores, more than all the Adam steps of pretraining take (tests/test_flat_adam.py checks that
+    training here does not import it, and compares every weight with torch's Adam)."""
 
     def __init__(self, groups: list[dict], **adam_kwargs):
-        if "fused" in adam_kwargs or "foreach" in adam_kwargs:
-            raise ValueError("adam_kwargs: expected no 'fused' or 'foreach' (FlatAdam always runs fused Adam)")
+        unknown = sorted(set(adam_kwargs) - set(ADAM_DEFAULTS))
+        if unknown:
+            raise ValueError(f"adam_kwargs: expected only {sorted(ADAM_DEFAULTS)}, got {unknown}")
         self.params: list[list[nn.Parameter]] = []
-        self.buffers: list[nn.Parameter] = []  # one per group: Adam's only parameter in that group
+        self.buffers: list[nn.Parameter] = []  # one per group: all its parameters end to end
         self.grad_buffers: list[torch.Tensor] = []
         self.grad_views: list[list[torch.Tensor]] = []
+        self.param_groups: list[dict] = []  # each group's options, as a torch Adam's param_groups without params
+        self.state: list[dict] = []  # per group: step, exp_avg, exp_avg_sq (empty until its first step)
         seen: set[int] = set()
-        adam_groups = []
         for index, group in enumerate(groups):
             params = list(group["params"])
             self._check_group(index, params, seen)
+            options = {k: v for k, v in group.items() if k != "params"}
+            unknown = sorted(set(options) - set(ADAM_DEFAULTS))
+            if unknown:
+                raise ValueError(f"groups[{index}]: expected options among {sorted(ADAM_DEFAULTS)}, got {unknown}")
             buffer = torch.cat([p.detach().reshape(-1) for p in params])
             for p, view in zip(params, _views(buffer, params)):
                 p.data = view  # the parameter now lives in the buffer
@@ -52,8 +77,8 @@ class FlatAdam:
             self.buffers.append(nn.Parameter(buffer))  # shares the buffer's memory
             self.grad_buffers.append(grad_buffer)
             self.grad_views.append(_views(grad_buffer, params))
-            adam_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [self.buffers[-1]]})
-        self.optimizer = torch.optim.Adam(adam_groups, fused=True, **adam_kwargs)
+            self.param_groups.append({**ADAM_DEFAULTS, **adam_kwargs, **options, **_FIXED_OPTIONS})
+            self.state.append({})
         self._gathered = False
 
     @staticmethod
@@ -74,10 +99,6 @@ class FlatAdam:
         """A copy of every parameter, group by group in the groups' order: one clone of each buffer and a
         view into it per parameter (about 0.1 ms for the PPO agent instead of 0.3 for 93 clones)."""
         return [_views(buffer.detach().clone(), params) for params, buffer in zip(self.params, self.buffers)]
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.optimizer.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget every gradient (the parameters' and the buffers')."""
@@ -119,17 +140,51 @@ class FlatAdam:
         nn.utils.clip_grads_with_norm_([self.buffers[i] for i in active], max_norm, total, foreach=True)
         return total
 
+    @torch.no_grad()
     def step(self) -> None:
+        """One Adam step on every group that has gradients, as torch's fused Adam takes it: the step count
+        goes up by one, then the kernel updates the moments and the weights in place."""
         if not self._gathered:
             self.gather_grads()
-        self.optimizer.step()
+        for group, buffer, state in zip(self.param_groups, self.buffers, self.state):
+            if buffer.grad is None:
+                continue
+            if not state:  # torch's Adam: a float32 step count on the parameter's device, zero moments
+                state["step"] = torch.zeros((), dtype=torch.float32, device=buffer.device)
+                state["exp_avg"] = torch.zeros_like(buffer)
+                state["exp_avg_sq"] = torch.zeros_like(buffer)
+            state["step"] += 1
+            beta1, beta2 = group["betas"]
+            torch._fused_adam_(
+                [buffer],
+                [buffer.grad],
+                [state["exp_avg"]],
+                [state["exp_avg_sq"]],
+                [],
+                [state["step"]],
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
         self._gathered = False
 
     def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
+        """``{"state": {group index: {step, exp_avg, exp_avg_sq}}, "param_groups": [options + "params": [index]]}``,
+        the layout of a torch Adam's over the buffers (the tensors are this optimizer's own, not copies)."""
+        return {
+            "state": {i: dict(state) for i, state in enumerate(self.state) if state},
+            "param_groups": [{**group, "params": [i]} for i, group in enumerate(self.param_groups)],
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """The state from ``state_dict()``, or a plain Adam's over the same groups (one entry per parameter)."""
+        """The state from ``state_dict()``, or a plain Adam's over the same groups (one entry per parameter).
+        The tensors are copied in; the options (learning rates included) become the saved ones."""
         sizes = [len(params) for params in self.params]
         if len(state_dict["param_groups"]) != len(sizes):
             raise ValueError(
@@ -143,7 +198,27 @@ class FlatAdam:
                     f"(a plain Adam over the same groups), got {per_parameter}"
                 )
             state_dict = self._flatten_state(state_dict)
-        self.optimizer.load_state_dict(state_dict)
+        saved_state = {int(k): v for k, v in state_dict["state"].items()}
+        for index, (saved, buffer) in enumerate(zip(state_dict["param_groups"], self.buffers)):
+            entry = saved_state.get(saved["params"][0], {})
+            moments = {k: entry[k] for k in ("exp_avg", "exp_avg_sq") if k in entry}
+            if entry and (
+                set(entry) != {"step", "exp_avg", "exp_avg_sq"}
+                or any(m.shape != buffer.shape for m in moments.values())
+            ):
+                raise ValueError(
+                    f"state_dict: group {index} expected step, exp_avg and exp_avg_sq of {buffer.numel()} numbers, "
+                    f"got {sorted(entry)} of shapes {[tuple(m.shape) for m in moments.values()]}"
+                )
+            self.state[index] = (
+                {
+                    "step": torch.as_tensor(entry["step"], dtype=torch.float32, device=buffer.device).clone(),
+                    **{k: m.to(device=buffer.device, dtype=buffer.dtype).clone() for k, m in moments.items()},
+                }
+                if entry
+                else {}
+            )
+            self.param_groups[index].update({k: v for k, v in saved.items() if k != "params"})
 
     def _flatten_state(self, state_dict: dict) -> dict:
         """A plain Adam's per-parameter moments laid end to end in each group's order."""

@@ -53,11 +53,11 @@ def pretrain(
         betas=(0.9, pretrain_cfg.beta2),
         weight_decay=pretrain_cfg.weight_decay,
     )
-    schedule = lambda step: warmup_cosine(step, pretrain_cfg.steps, pretrain_cfg.warmup_steps)  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, schedule)
     history: list[dict] = []
     bar = progress_bar(range(pretrain_cfg.steps), desc="pretrain", enabled=progress)
     for step in bar:
+        lr = pretrain_cfg.lr * warmup_cosine(step, pretrain_cfg.steps, pretrain_cfg.warmup_steps)  # as LambdaLR sets it
+        opt.param_groups[0]["lr"] = lr
         src, tgt = (t.to(device) for t in supervised_batch(pretrain_cfg.batch_size, cfg.task, rng))
         loss = teacher_forcing_loss(model, src, tgt)
         if not torch.isfinite(loss):
@@ -65,9 +65,8 @@ def pretrain(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.clip_grad_norm_(pretrain_cfg.grad_clip)  # = clip_grad_norm_(model.parameters(), ...)
-        history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+        history.append({"step": step, "loss": loss.item(), "lr": lr})
         opt.step()
-        sched.step()
         if step % 25 == 0 or step == pretrain_cfg.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if callback is not None:

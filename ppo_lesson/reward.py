@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import Config, ModelConfig
 from .errors import TrainingError
+from .flat_adam import FlatAdam
 from .model import Seq2SeqTransformer, check_tokens
 from .progress import progress_bar
 from .stages import seed_for
@@ -42,6 +43,10 @@ class RewardModel(nn.Module):
         # already knows whether the sum is complete) and the one that read it (did the answer end?)
         chose, read = hidden[rows, end - 1], hidden[rows, end]
         return self.head(torch.cat([chose, read], dim=-1)).squeeze(-1)
+
+    def scored_parameters(self) -> list[nn.Parameter]:
+        """The parameters a score depends on: all but the trunk's ``lm_head`` (a score reads hidden states)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("trunk.lm_head.")]
 
     def score(self, src, tokens, mask):
         """Normalized scores (B,): (raw - mean) / std over reference samples."""
@@ -125,7 +130,9 @@ def train_reward_model(
     rcfg = cfg.reward
     train, heldout = split_pairs({k: v.to(device) for k, v in pairs.items()}, rcfg.heldout_fraction, cfg.seed)
     rm.to(device)
-    opt = torch.optim.Adam(rm.parameters(), lr=rcfg.lr, fused=True)  # one kernel for all parameters
+    # torch's fused Adam over the weights laid end to end (flat_adam.py); the trunk's lm_head is left out:
+    # a score never reads it, so it gets no gradient (torch's Adam would skip it every step)
+    opt = FlatAdam([{"params": rm.scored_parameters()}], lr=rcfg.lr)
     n = len(train["src"])
     steps_per_epoch = max(1, -(-n // rcfg.batch_size))
     gen = torch.Generator().manual_seed(seed_for(cfg, "reward_order"))

@@ -4,7 +4,10 @@ give the same numbers, bit for bit, as over the separate tensors; computed here 
 from __future__ import annotations
 
 import copy
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -95,6 +98,43 @@ def test_loads_a_plain_adams_state_and_continues_the_same(random_model, tiny_cfg
     )
 
 
+def test_state_dict_is_a_torch_adams_over_the_buffers(random_model, tiny_cfg):
+    """The same keys, options and moments as torch's Adam, its per-parameter moments laid end to end."""
+    plain_model, flat_model = random_model, copy.deepcopy(random_model)
+    plain = torch.optim.Adam(_two_groups(plain_model), betas=(0.9, 0.98), eps=1e-5, fused=True)
+    flat = FlatAdam(_two_groups(flat_model), betas=(0.9, 0.98), eps=1e-5)
+    _train(plain_model, plain, tiny_cfg, 2, 1.0)
+    _train(flat_model, flat, tiny_cfg, 2, 1.0)
+    expected, got = flat._flatten_state(plain.state_dict()), flat.state_dict()
+    assert got["param_groups"] == expected["param_groups"]
+    assert list(got["state"]) == [0, 1] and all(
+        set(s) == {"step", "exp_avg", "exp_avg_sq"} for s in got["state"].values()
+    )
+    for index, state in expected["state"].items():
+        for key, value in state.items():
+            assert torch.equal(got["state"][index][key], value), (index, key)
+            assert got["state"][index][key].dtype == value.dtype, (index, key)
+
+
+def test_training_never_imports_torch_dynamo(tmp_path):
+    """Building a ``torch.optim`` optimizer imports ``torch._dynamo`` (most of a second); pretraining, the
+    reward model and PPO all train with FlatAdam, which does not (in a fresh process: this one has it)."""
+    script = """
+import sys
+from ppo_lesson.config import tiny_config
+from ppo_lesson.pipeline import pretrained_policy, run_ppo, trained_reward_model
+cfg = tiny_config().replace(ppo={"iterations": 1})
+policy, _ = pretrained_policy(cfg, progress=False)
+rm, _ = trained_reward_model(cfg, policy, progress=False)
+run_ppo(cfg, policy, rm, progress=False)
+print("dynamo imported:", "torch._dynamo" in sys.modules)
+"""
+    env = {**os.environ, "PPO_LESSON_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dynamo imported: False" in done.stdout, done.stdout
+
+
 def test_a_group_without_gradients_is_skipped_as_adam_skips_it(random_model, tiny_cfg):
     head = nn.Linear(4, 1)  # in no loss: like the value head when the critic is off
     flat = FlatAdam([{"params": list(random_model.parameters())}, {"params": list(head.parameters())}], lr=1e-2)
@@ -117,7 +157,13 @@ def test_refuses_a_group_where_only_some_parameters_have_gradients(random_model,
         (lambda m: [{"params": []}], {}, ValueError, r"groups\[0\]: expected at least one parameter"),
         (lambda m: [{"params": [m.embed.weight]}, {"params": [m.embed.weight]}], {}, ValueError, "appears twice"),
         (lambda m: [{"params": [m.embed.weight.detach()]}], {}, TypeError, "nn.Parameter"),
-        (lambda m: [{"params": [m.embed.weight]}], {"fused": False}, ValueError, "'fused'"),
+        (lambda m: [{"params": [m.embed.weight]}], {"fused": False}, ValueError, "adam_kwargs: .* got \\['fused'\\]"),
+        (
+            lambda m: [{"params": [m.embed.weight], "momentum": 0.9}],
+            {},
+            ValueError,
+            r"groups\[0\]: .* got \['momentum'\]",
+        ),
     ],
 )
 def test_bad_groups_are_refused_by_name(random_model, groups, kwargs, error, message):
