@@ -110,9 +110,11 @@ class RewardConfig:
     label_noise: float = 0.0  # probability that a human label is flipped
     pair_temperature: float = 1.3  # sampling temperature of the answers the human compares: above 1,
     # the human also sees the rarer wrong sums, so the reward model learns that they are bad
-    epochs: int = 4
+    epochs: int = 2  # passes over the training pairs. Measured on seeds 0-2 (held-out accuracy; gold gain of the
+    # lesson's PPO on it): 2 epochs at lr 3e-4 give 0.926 / 0.929 / 0.933 and 0.45 / 0.45 / 0.43, 4 at 1e-4 gave
+    # 0.930 / 0.931 / 0.929 and 0.40 / 0.43 / 0.39 in twice the steps; 1 at 4e-4 fell to 0.894 and 0.33 on seed 2
     batch_size: int = 128
-    lr: float = 1e-4  # small: a larger one overwrites the arithmetic the trunk inherited from the policy
+    lr: float = 3e-4  # Adam's step size; 3e-3 for 2 epochs gave 0.931 / 0.908 / 0.928, no better
     init_from_policy: bool = True  # start from the pretrained weights, as RLHF does
 
     def __post_init__(self):

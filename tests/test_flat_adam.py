@@ -116,6 +116,15 @@ def test_state_dict_is_a_torch_adams_over_the_buffers(random_model, tiny_cfg):
             assert got["state"][index][key].dtype == value.dtype, (index, key)
 
 
+def test_load_state_dict_refuses_moments_of_another_size(random_model, tiny_cfg):
+    flat = FlatAdam(_two_groups(random_model), eps=1e-5)
+    _train(random_model, flat, tiny_cfg, 1, 1.0)
+    state = flat.state_dict()
+    state["state"][1] = {**state["state"][1], "exp_avg": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"state_dict: group 1 expected step, exp_avg and exp_avg_sq of \d+ numbers"):
+        FlatAdam(_two_groups(copy.deepcopy(random_model)), eps=1e-5).load_state_dict(state)
+
+
 def test_training_never_imports_torch_dynamo(tmp_path):
     """Building a ``torch.optim`` optimizer imports ``torch._dynamo`` (most of a second); pretraining, the
     reward model and PPO all train with FlatAdam, which does not (in a fresh process: this one has it)."""
