@@ -200,25 +200,23 @@ class FlatAdam:
             state_dict = self._flatten_state(state_dict)
         saved_state = {int(k): v for k, v in state_dict["state"].items()}
         for index, (saved, buffer) in enumerate(zip(state_dict["param_groups"], self.buffers)):
-            entry = saved_state.get(saved["params"][0], {})
-            moments = {k: entry[k] for k in ("exp_avg", "exp_avg_sq") if k in entry}
-            if entry and (
-                set(entry) != {"step", "exp_avg", "exp_avg_sq"}
-                or any(m.shape != buffer.shape for m in moments.values())
-            ):
+            self.param_groups[index].update({k: v for k, v in saved.items() if k != "params"})
+            entry = saved_state.get(saved["params"][0])
+            if not entry:  # never stepped
+                self.state[index] = {}
+                continue
+            moments = [entry.get("exp_avg"), entry.get("exp_avg_sq")]
+            if set(entry) != {"step", "exp_avg", "exp_avg_sq"} or any(m.shape != buffer.shape for m in moments):
+                shapes = [tuple(m.shape) for m in moments if m is not None]
                 raise ValueError(
                     f"state_dict: group {index} expected step, exp_avg and exp_avg_sq of {buffer.numel()} numbers, "
-                    f"got {sorted(entry)} of shapes {[tuple(m.shape) for m in moments.values()]}"
+                    f"got {sorted(entry)} of shapes {shapes}"
                 )
-            self.state[index] = (
-                {
-                    "step": torch.as_tensor(entry["step"], dtype=torch.float32, device=buffer.device).clone(),
-                    **{k: m.to(device=buffer.device, dtype=buffer.dtype).clone() for k, m in moments.items()},
-                }
-                if entry
-                else {}
-            )
-            self.param_groups[index].update({k: v for k, v in saved.items() if k != "params"})
+            self.state[index] = {
+                "step": torch.as_tensor(entry["step"], dtype=torch.float32, device=buffer.device).clone(),
+                "exp_avg": moments[0].to(device=buffer.device, dtype=buffer.dtype).clone(),
+                "exp_avg_sq": moments[1].to(device=buffer.device, dtype=buffer.dtype).clone(),
+            }
 
     def _flatten_state(self, state_dict: dict) -> dict:
         """A plain Adam's per-parameter moments laid end to end in each group's order."""
