@@ -7,6 +7,7 @@ reward model that only saw the gold scorer's preferences.
 
 from __future__ import annotations
 
+import functools
 import random
 
 import torch
@@ -81,7 +82,14 @@ def sample_numbers(batch_size: int, cfg: TaskConfig, rng: random.Random) -> list
 
 def encode_numbers(numbers) -> torch.Tensor:
     """(batch, src_len) source tokens: the digits of each number, then EOS, right-padded."""
-    return pad_batch([encode(str(int(n))) for n in _as_list(numbers)])
+    return pad_batch([_number_tokens(int(n)) for n in _as_list(numbers)])
+
+
+@functools.cache
+def _number_tokens(n: int) -> tuple[int, ...]:
+    """``encode(str(n))``, kept: a batch of 128 sources takes 0.05 ms instead of 0.13 (a pretraining step's
+    source batch, 1,300 times a run)."""
+    return tuple(encode(str(n)))
 
 
 def sample_target(n: int, cfg: TaskConfig, rng: random.Random) -> str:

@@ -33,10 +33,14 @@ def _code(source: str, *outputs) -> nbformat.NotebookNode:
 def test_expected_figures_skip_a_widgets_static_fallback():
     cells = [
         _code("fig", nbformat.v4.new_output("display_data", data={"image/png": PNG, "text/plain": "<Figure>"})),
-        _code("explorer()", nbformat.v4.new_output(
-            "execute_result", data={lab_check.WIDGET_VIEW: WIDGET, "image/png": PNG, "text/plain": "VBox()"},
-            execution_count=2,
-        )),
+        _code(
+            "explorer()",
+            nbformat.v4.new_output(
+                "execute_result",
+                data={lab_check.WIDGET_VIEW: WIDGET, "image/png": PNG, "text/plain": "VBox()"},
+                execution_count=2,
+            ),
+        ),
         _code("train()", nbformat.v4.new_output("display_data", data={lab_check.WIDGET_VIEW: WIDGET})),
         _code("print(1)", nbformat.v4.new_output("stream", name="stdout", text="1\n")),
     ]
@@ -55,15 +59,20 @@ def _self_test_notebook(path: Path) -> None:
     nb.cells = [
         _code("import ipywidgets as w\nimport matplotlib.pyplot as plt\nfrom traitlets import Unicode"),
         nbformat.v4.new_markdown_cell("![missing](../figures/does_not_exist.png)"),
-        _code("out = w.Output()\nwith out:\n    plt.plot([0, 1])\n    plt.show()\n"
-              "w.VBox([w.IntSlider(1, max=5), out])"),
-        _code("class Bogus(w.DOMWidget):\n    _view_name = Unicode('BogusView').tag(sync=True)\n"
-              "    _view_module = Unicode('bogus-module').tag(sync=True)\n\nBogus()"),
+        _code(
+            "out = w.Output()\nwith out:\n    plt.plot([0, 1])\n    plt.show()\nw.VBox([w.IntSlider(1, max=5), out])"
+        ),
+        _code(
+            "class Bogus(w.DOMWidget):\n    _view_name = Unicode('BogusView').tag(sync=True)\n"
+            "    _view_module = Unicode('bogus-module').tag(sync=True)\n\nBogus()"
+        ),
         figure_claimed,
         _code("plt.plot([1, 0])\nplt.show()", nbformat.v4.new_output("display_data", data={"image/png": PNG})),
-        _code("slope = w.IntSlider(1, max=5)\nshown = w.Output()\n\ndef draw(change=None):\n"
-              "    with shown:\n        shown.clear_output(wait=True)\n        plt.plot([0, slope.value])\n"
-              "        plt.show()\n\nslope.observe(draw, 'value')\ndraw()\nw.VBox([slope, shown])"),
+        _code(
+            "slope = w.IntSlider(1, max=5)\nshown = w.Output()\n\ndef draw(change=None):\n"
+            "    with shown:\n        shown.clear_output(wait=True)\n        plt.plot([0, slope.value])\n"
+            "        plt.show()\n\nslope.observe(draw, 'value')\ndraw()\nw.VBox([slope, shown])"
+        ),
         _code("1 / 0"),
         _code("print('never runs')"),
     ]
@@ -76,9 +85,20 @@ def test_lab_check_flags_each_breakage_and_passes_what_works(tmp_path):
     notebook = tmp_path / "99_lab_check_self_test.ipynb"
     _self_test_notebook(notebook)
     run = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "lab_check.py"), str(notebook), "--out", str(tmp_path / "out"),
-         "--timeout", "120", "--slider-timeout", "15"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "lab_check.py"),
+            str(notebook),
+            "--out",
+            str(tmp_path / "out"),
+            "--timeout",
+            "120",
+            "--slider-timeout",
+            "15",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     report = run.stdout.split("FAILED", 1)[-1]
     assert run.returncode == 1, run.stdout + run.stderr

@@ -11,6 +11,7 @@ from functools import cache
 
 import torch
 
+from ..allocator import keep_freed_memory
 from ..config import get_preset
 from ..evaluate import evaluate_policy
 from ..pipeline import pretrained_policy, trained_reward_model
@@ -43,6 +44,12 @@ def stage_facts(task: dict) -> dict:
     }
 
 
+def _start_worker(threads: int) -> None:
+    """What a worker process does first: the command line's malloc settings (allocator.py), its threads."""
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+
+
 def result_header(preset: str, seeds, quick: bool, device, workers: int, threads: int, plan: dict, stages) -> dict:
     """What every multi-seed result starts with: how it was run, its plan and each seed's stages."""
     return {
@@ -72,7 +79,7 @@ def map_tasks(fn, tasks: list[dict], workers: int, threads: int, desc: str, prog
         order = sorted(range(len(tasks)), key=lambda i: -cost(tasks[i])) if cost else list(range(len(tasks)))
         # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, len(tasks)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        with ctx.Pool(min(workers, len(tasks)), initializer=_start_worker, initargs=(threads,)) as pool:
             for i, result in zip(order, pool.imap(fn, [tasks[i] for i in order])):
                 results[i] = result
                 bar.update()
